@@ -1,0 +1,70 @@
+"""The torch model behind all four variants: AE, VAE, RAE and RVAE differ only in two flags."""
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from src.models.components.backbone import BlockType, ResidualMLP
+from src.models.components.loss import reconstruction_error
+
+
+class AEOutput(NamedTuple):
+    x_hat: torch.Tensor  # (B, D) in (0, 1)
+    mu: torch.Tensor | None = None  # (B, Z); None for deterministic models
+    logvar: torch.Tensor | None = None  # (B, Z)
+
+
+class AutoEncoder(nn.Module):
+    """Symmetric encoder/decoder on the residual MLP backbone.
+
+    ``residual`` toggles the identity skips (AE vs RAE); ``variational`` adds a Gaussian latent head
+    with the reparameterization trick (AE vs VAE). The decoder ends in a sigmoid because inputs are
+    pixel intensities in [0, 1].
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        latent_dim: int = 16,
+        hidden_dim: int = 256,
+        n_layers: int = 4,
+        residual: bool = True,
+        variational: bool = False,
+        block: BlockType = "preact",
+    ) -> None:
+        super().__init__()
+        self.variational = variational
+        enc_out = 2 * latent_dim if variational else latent_dim
+        self.encoder = ResidualMLP(input_dim, enc_out, hidden_dim, n_layers, residual, block)
+        self.decoder = ResidualMLP(latent_dim, input_dim, hidden_dim, n_layers, residual, block)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return ``(mu, logvar)``; ``logvar`` is None for a deterministic model."""
+        h = self.encoder(x)
+        if not self.variational:
+            return h, None
+        mu, logvar = h.chunk(2, dim=1)  # (B, Z), (B, Z)
+        return mu, logvar
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """``z = mu + sigma * eps`` with ``eps ~ N(0, I)`` (Kingma & Welling 2014, Sec. 2.4)."""
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(z))
+
+    def forward(self, x: torch.Tensor) -> AEOutput:
+        mu, logvar = self.encode(x)
+        if not self.variational:
+            return AEOutput(self.decode(mu))
+        z = self.reparameterize(mu, logvar)
+        return AEOutput(self.decode(z), mu, logvar)
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """Anomaly score per sample, higher = more anomalous: the reconstruction error of the
+        reconstruction decoded from the latent mean (no sampling, so scores are deterministic)."""
+        mu, _ = self.encode(x)
+        return reconstruction_error(self.decode(mu), x)  # (B,)

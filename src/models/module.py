@@ -1,0 +1,101 @@
+"""The Lightning system that trains and evaluates every variant (AE, VAE, RAE, RVAE)."""
+
+import torch
+from lightning.pytorch import LightningModule
+from torchmetrics import MeanMetric
+
+from src.metrics import AnomalyMetrics
+from src.models.components.autoencoder import AutoEncoder
+from src.models.components.backbone import BlockType
+from src.models.components.loss import autoencoder_loss
+
+
+class AnomalyAutoEncoder(LightningModule):
+    """Trains an ``AutoEncoder`` on normal data and scores held-out data by reconstruction error.
+
+    Logs ``train/loss`` (and ``train/recon``, ``train/kl`` for variational models) and ``train/g_norm``
+    every step, ``train/epoch_loss`` (the epoch's mean training loss) and ``val/auroc`` every epoch,
+    and ``test/auroc`` and ``test/auprc`` on test.
+
+    Args:
+        input_dim: flattened input size; comes from the data, not from the model config.
+        n_layers: hidden units per side; each holds one ``Linear(hidden_dim, hidden_dim)``.
+        hidden_dim: width of every hidden unit.
+        latent_dim: size of the code ``z``.
+        residual: identity skips around every hidden unit (RAE, RVAE).
+        variational: Gaussian latent with KL regulariser (VAE, RVAE).
+        block: ``preact`` (He et al. 2016b "(b) proposed") or ``original`` ("(a) original").
+        beta: weight of the KL term; ignored for deterministic models.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        n_layers: int = 4,
+        hidden_dim: int = 256,
+        latent_dim: int = 16,
+        residual: bool = True,
+        variational: bool = False,
+        block: BlockType = "preact",
+        beta: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = AutoEncoder(
+            input_dim, latent_dim, hidden_dim, n_layers, residual, variational, block
+        )
+        self.train_epoch_loss = MeanMetric()
+        self.val_metrics = AnomalyMetrics()
+        self.test_metrics = AnomalyMetrics()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Anomaly score per sample, shape ``(B,)``; higher = more anomalous."""
+        return self.net.score(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, _ = batch
+        out = self.net(x)
+        losses = autoencoder_loss(x, out.x_hat, out.mu, out.logvar, self.hparams.beta)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False)
+        self.train_epoch_loss.update(losses["loss"].detach(), weight=len(x))
+        return losses["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/epoch_loss", self.train_epoch_loss.compute())
+        self.train_epoch_loss.reset()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Called before Lightning clips, so this is the raw norm that clipping then bounds.
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        self.log("train/g_norm", torch.nn.utils.get_total_norm(grads), prog_bar=True)
+
+    def _shared_eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics) -> None:
+        x, y = batch
+        metrics.update(self.net.score(x), y)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._shared_eval_step(batch, self.val_metrics)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._shared_eval_step(batch, self.test_metrics)
+
+    def _log_metrics(self, stage: str, metrics: AnomalyMetrics) -> None:
+        # Computed once over the whole epoch, never per batch (see ``src.metrics``).
+        values = metrics.compute()
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", self.test_metrics)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
