@@ -12,7 +12,7 @@ import hydra
 import lightning as L
 import wandb
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from src.results import METRICS_FILE, write_json_atomic
@@ -34,17 +34,17 @@ def wandb_credentials_found() -> bool:
 def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
     """Build the configured loggers; W&B goes offline when no credentials exist, so it never prompts."""
     cfgs = list((logger_cfg or {}).values())
-    if any("Wandb" in c.get("_target_", "") for c in cfgs) and "WANDB_MODE" not in os.environ:
-        if not wandb_credentials_found():
-            log.warning("No W&B credentials: logging offline; upload later with `wandb sync`.")
-            os.environ["WANDB_MODE"] = "offline"
+    wants_wandb = any("Wandb" in c.get("_target_", "") for c in cfgs)
+    if wants_wandb and "WANDB_MODE" not in os.environ and not wandb_credentials_found():
+        log.warning("No W&B credentials: logging offline; upload later with `wandb sync`.")
+        os.environ["WANDB_MODE"] = "offline"
     return [hydra.utils.instantiate(c) for c in cfgs]
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:
     """The run's settings as flat ``model.n_layers``-style keys, for loggers to plot against."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    return _flatten({k: resolved[k] for k in ("model", "data", "trainer", "seed") if k in resolved})
+    groups = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "trainer")}
+    return _flatten(groups) | {"seed": cfg.seed}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

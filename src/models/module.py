@@ -45,9 +45,7 @@ class AnomalyAutoEncoder(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = AutoEncoder(
-            input_dim, latent_dim, hidden_dim, n_layers, residual, variational, block
-        )
+        self.net = AutoEncoder(input_dim, latent_dim, hidden_dim, n_layers, residual, variational, block)
         self.train_epoch_loss = MeanMetric()
         self.val_metrics = AnomalyMetrics()
         self.test_metrics = AnomalyMetrics()
@@ -96,6 +94,4 @@ class AnomalyAutoEncoder(LightningModule):
         self._log_metrics("test", self.test_metrics)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

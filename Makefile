@@ -1,0 +1,41 @@
+# Every target installs into .venv first if needed (from pyproject.toml), so on a fresh machine
+# `make train` and `make test` are the only two commands a new user needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-full lint format clean-logs
+
+help: ## List every target
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the project with its dev extra
+
+train: $(STAMP) ## Train RVAE on the offline digits data (add ARGS="model=ae ..." to override)
+	$(PY) -m src.train data=digits trainer.max_epochs=30 $(ARGS)
+
+test: $(STAMP) ## Run the default test suite (offline, CPU, not slow)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-full: $(STAMP) ## Run every test, slow ones included
+	$(PY) -m pytest $(ARGS)
+
+lint: $(STAMP) ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## Format and fix lint with ruff
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean-logs: ## Delete logs/ (every run's outputs)
+	rm -rf logs

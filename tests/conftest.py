@@ -1,0 +1,57 @@
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from tests.idx import write_fake_emnist
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # W&B must never reach for the network or prompt during tests.
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_SILENT"] = "true"
+
+
+BASE_OVERRIDES = ["data=digits", "trainer=cpu", "logger=csv", "trainer.max_epochs=1"]
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize(version_base="1.3", config_path="../conf"):
+        return compose("train", overrides=BASE_OVERRIDES + overrides, return_hydra_config=True)
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path):
+    """Compose ``train.yaml`` with overrides, every output under ``tmp_path``, as Hydra would run it."""
+
+    def make(*overrides: str) -> DictConfig:
+        cfg = compose_train(list(overrides))
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path)
+            cfg.paths.log_dir = str(tmp_path)
+            cfg.hydra.runtime.output_dir = str(tmp_path)
+            cfg.trainer.enable_progress_bar = False
+        HydraConfig().set_config(cfg)
+        return cfg
+
+    yield make
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def cfg_train(make_cfg) -> DictConfig:
+    return make_cfg()
+
+
+@pytest.fixture(scope="session")
+def fake_emnist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A small EMNIST ``byclass`` (62 classes) in torchvision's raw layout."""
+    root = tmp_path_factory.mktemp("emnist")
+    return root, write_fake_emnist(root, "byclass", n_classes=62, per_class=(40, 12))

@@ -1,0 +1,134 @@
+from pathlib import Path
+from urllib.error import URLError
+
+import pytest
+import torch
+
+from src.data.datamodule import OneClassDataModule, resolve_anomaly_classes
+from src.data.sources import DatasetNotFoundError, class_names
+from src.data.splits import mix, one_class_split
+from tests.idx import write_fake_mnist
+
+
+def emnist_dm(root: Path, **kwargs) -> OneClassDataModule:
+    dm = OneClassDataModule("emnist", root=str(root), split="byclass", **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def anomaly_share(ds) -> float:
+    return ds.y.float().mean().item()
+
+
+def test_train_holds_no_anomaly_and_val_test_hold_the_ratio(fake_emnist) -> None:
+    root, _ = fake_emnist
+    dm = emnist_dm(root, anomaly_class=[0, 24, 50], anomaly_ratio=0.35)
+    assert len(dm.data_train) > 0 and dm.data_train.y.sum() == 0
+    for ds in (dm.data_val, dm.data_test):
+        assert anomaly_share(ds) == pytest.approx(0.35, abs=1 / len(ds))
+    # val holds held-out *train* normals: none of them are in train
+    train_rows = {bytes(r.numpy()) for r in dm.data_train.x}
+    assert not any(bytes(r.numpy()) in train_rows for r in dm.data_val.x)
+
+
+def test_natural_ratio_keeps_the_whole_test_split(fake_emnist) -> None:
+    root, raw = fake_emnist
+    dm = emnist_dm(root, anomaly_class=0, anomaly_ratio=None)
+    assert len(dm.data_test) == len(raw["test"][1])
+    assert anomaly_share(dm.data_test) == pytest.approx(1 / 62)
+
+
+def test_batches_are_flat_upright_floats_in_unit_range(fake_emnist) -> None:
+    root, raw = fake_emnist
+    dm = emnist_dm(root, batch_size=32)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 784) and x.dtype == torch.float32
+    assert y.dtype == torch.int64
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    images = x.reshape(-1, 28, 28)
+    assert (images[:, :3, :] == 1.0).all()  # the bright bar is on top: upright, not transposed
+    upright = {bytes(img.reshape(-1)) for img in raw["train"][0]}
+    assert all(bytes(r.numpy()) in upright for r in dm.data_train.x)
+
+
+def test_split_is_deterministic_for_a_seed(fake_emnist) -> None:
+    root, _ = fake_emnist
+    a, b, c = (emnist_dm(root, seed=s) for s in (3, 3, 4))
+    assert torch.equal(a.data_val.x, b.data_val.x) and torch.equal(a.data_test.x, b.data_test.x)
+    assert not torch.equal(a.data_val.x, c.data_val.x)
+
+
+def test_missing_files_give_a_clear_error(tmp_path: Path) -> None:
+    dm = OneClassDataModule("emnist", root=str(tmp_path), download=False)
+    with pytest.raises(DatasetNotFoundError) as err:
+        dm.setup("fit")
+    msg = str(err.value)
+    assert f"data.root={str(tmp_path)!r}" in msg
+    assert "emnist-byclass-train-images-idx3-ubyte" in msg
+    assert "data=digits" in msg
+
+
+def test_failed_download_gives_the_same_clear_error(tmp_path: Path, monkeypatch) -> None:
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr("torchvision.datasets.mnist.download_and_extract_archive", offline)
+    dm = OneClassDataModule("emnist", root=str(tmp_path), download=True)
+    with pytest.raises(DatasetNotFoundError, match="download failed") as err:
+        dm.prepare_data()
+    assert "data=digits" in str(err.value)
+
+
+def test_anomaly_classes_by_label_name_or_list() -> None:
+    names = class_names("emnist", "byclass")
+    assert resolve_anomaly_classes(0, names) == [0]
+    assert resolve_anomaly_classes("O", names) == [24]
+    assert resolve_anomaly_classes("o", names) == [50]
+    assert resolve_anomaly_classes(["0", "O", "o"], names) == [0, 24, 50]
+    assert resolve_anomaly_classes([50, 0, 24], names) == [0, 24, 50]
+    with pytest.raises(ValueError, match=r"data.anomaly_class='\?'"):
+        resolve_anomaly_classes("?", names)
+    with pytest.raises(ValueError, match="data.anomaly_class=62"):
+        resolve_anomaly_classes(62, names)
+
+
+def test_unknown_split_or_dataset_is_rejected_before_loading() -> None:
+    with pytest.raises(ValueError, match="data.split='bymonth'"):
+        OneClassDataModule("emnist", split="bymonth")
+    with pytest.raises(ValueError, match="data.dataset='cifar'"):
+        OneClassDataModule("cifar")
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, -0.1, 1.5])
+def test_bad_ratio_is_rejected(ratio: float) -> None:
+    labels = torch.arange(10).repeat(10)
+    with pytest.raises(ValueError, match="anomaly_ratio"):
+        one_class_split(labels, labels, [0], anomaly_ratio=ratio)
+
+
+def test_mix_keeps_as_many_samples_as_the_ratio_allows() -> None:
+    g = torch.Generator().manual_seed(0)
+    out = mix(torch.arange(100), torch.arange(100, 110), 0.5, g)
+    assert len(out) == 20 and (out >= 100).sum() == 10
+
+
+@pytest.mark.parametrize(
+    "dataset,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST"), ("kmnist", "KMNIST")]
+)
+def test_mnist_family_shares_the_protocol(tmp_path: Path, dataset: str, folder: str) -> None:
+    write_fake_mnist(tmp_path, folder, per_class=(20, 8))
+    dm = OneClassDataModule(dataset, root=str(tmp_path), anomaly_class=3, val_fraction=0.2)
+    dm.setup("fit")
+    assert dm.input_dim == 784 and dm.data_train.y.sum() == 0
+    assert anomaly_share(dm.data_test) == pytest.approx(0.35, abs=1 / len(dm.data_test))
+    x, _ = next(iter(dm.test_dataloader()))
+    assert (x.reshape(-1, 28, 28)[:, :3, :] == 1.0).all()
+
+
+def test_digits_are_64_dimensional_and_offline() -> None:
+    dm = OneClassDataModule("digits", anomaly_class=0, batch_size=16)
+    dm.setup("fit")
+    x, y = next(iter(dm.val_dataloader()))
+    assert dm.input_dim == 64 and x.shape[1] == 64
+    assert set(y.tolist()) == {0, 1}
+    assert dm.data_train.y.sum() == 0

@@ -1,0 +1,150 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import wandb
+from omegaconf import open_dict
+
+from src.models.module import AnomalyAutoEncoder
+from src.train import train
+from tests.conftest import REPO
+
+METRIC_KEYS = {"train/loss", "val/auroc", "test/auroc", "test/auprc", "n_params", "wall_time_s"}
+
+
+@pytest.mark.parametrize("model", ["ae", "vae", "rae", "rvae"])
+def test_every_variant_trains_on_digits_and_detects_the_anomaly(make_cfg, model: str) -> None:
+    cfg = make_cfg(f"model={model}", "trainer.max_epochs=8")
+    metrics, objects = train(cfg)
+    saved = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert saved.keys() >= METRIC_KEYS and saved["status"] == "completed"
+    assert saved["model"]["n_layers"] == 4 and saved["data"]["dataset"] == "digits"
+    assert saved["model_name"] == model
+    assert saved["test/auroc"] == pytest.approx(metrics["test/auroc"])
+    assert saved["test/auroc"] > 0.7, saved
+    assert saved["n_params"] == sum(p.numel() for p in objects["model"].parameters())
+
+
+def test_the_best_val_checkpoint_is_tested_and_loads_alone(make_cfg) -> None:
+    metrics, objects = train(make_cfg("trainer.max_epochs=3"))
+    ckpt = objects["trainer"].checkpoint_callback
+    assert metrics["best_checkpoint"] == ckpt.best_model_path
+    assert metrics["val/auroc"] == pytest.approx(float(ckpt.best_model_score))
+    model = AnomalyAutoEncoder.load_from_checkpoint(metrics["best_checkpoint"])
+    assert model.hparams.input_dim == 64 and model.hparams.n_layers == 4
+
+
+def _csv_metric(output_dir: str, key: str) -> list[float]:
+    with open(Path(output_dir) / "csv" / "metrics.csv") as f:
+        return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
+
+
+def test_g_norm_is_logged_every_step_before_clipping(make_cfg) -> None:
+    cfg = make_cfg("trainer.gradient_clip_val=1e-3")
+    metrics, objects = train(cfg)
+    g_norm = _csv_metric(cfg.paths.output_dir, "train/g_norm")
+    assert len(g_norm) == objects["trainer"].global_step
+    assert min(g_norm) > 1e-2  # the raw norm, far above the clip value
+    assert len(_csv_metric(cfg.paths.output_dir, "train/loss")) == len(g_norm)
+
+
+def test_clipping_can_be_turned_off(make_cfg) -> None:
+    _, objects = train(make_cfg("trainer.gradient_clip_val=null"))
+    assert objects["trainer"].gradient_clip_val is None
+
+
+def test_wandb_offline_run_logs_the_study_keys(cfg_train) -> None:
+    with open_dict(cfg_train):
+        cfg_train.logger = {
+            "wandb": {
+                "_target_": "lightning.pytorch.loggers.wandb.WandbLogger",
+                "project": "test",
+                "save_dir": cfg_train.paths.output_dir,
+            }
+        }
+    try:
+        _, objects = train(cfg_train)
+        run = objects["trainer"].logger.experiment
+        keys = set(run.summary.keys())
+        config = dict(run.config)
+    finally:
+        wandb.finish()
+    assert {"train/loss", "train/g_norm", "val/auroc", "test/auroc", "train/kl"} <= keys
+    assert config["model.n_layers"] == 4 and config["data.dataset"] == "digits"
+    [run_dir] = Path(cfg_train.paths.output_dir, "wandb").glob("offline-run-*")
+    assert b"train/g_norm" in next(run_dir.glob("*.wandb")).read_bytes()
+
+
+def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            *overrides,
+            f"paths.root_dir={cwd}",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_trains_with_wandb_and_prints_where_outputs_are(tmp_path: Path) -> None:
+    env_free = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            "data=digits",
+            "trainer=cpu",
+            "trainer.max_epochs=2",
+            f"paths.root_dir={tmp_path}",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=REPO,
+        env=env_free | {"HOME": str(tmp_path), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test/auroc: 0." in proc.stdout
+    out_dir = Path(proc.stdout.split("outputs: ")[1].split()[0])
+    assert (out_dir / "metrics.json").is_file()
+    assert list((out_dir / "wandb").glob("offline-run-*/*.wandb"))  # no credentials: offline
+
+
+def test_cli_on_missing_emnist_stops_with_the_clear_error(tmp_path: Path) -> None:
+    proc = run_cli("model=rvae", "model.n_layers=6", "logger=csv", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "data.root=" in proc.stderr and "data=digits" in proc.stderr
+    assert not list(tmp_path.rglob("metrics.json"))
+
+
+def test_cli_trains_on_emnist_files_in_data_root(tmp_path: Path, fake_emnist) -> None:
+    root, _ = fake_emnist
+    proc = run_cli(
+        "model=rvae",
+        "model.n_layers=6",
+        "logger=csv",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        f"data.root={root}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [metrics] = tmp_path.rglob("metrics.json")
+    saved = json.loads(metrics.read_text())
+    assert saved["data"]["dataset"] == "emnist" and saved["model"]["n_layers"] == 6
+    assert 0.0 <= saved["test/auroc"] <= 1.0
