@@ -47,6 +47,8 @@ class AnomalyAutoEncoder(LightningModule):
         self.save_hyperparameters()
         self.net = AutoEncoder(input_dim, latent_dim, hidden_dim, n_layers, residual, variational, block)
         self.train_epoch_loss = MeanMetric()
+        # running max of train/g_norm; a buffer so it follows the device and never syncs to the host
+        self.register_buffer("g_norm_max", torch.zeros(()), persistent=False)
         self.val_metrics = AnomalyMetrics()
         self.test_metrics = AnomalyMetrics()
 
@@ -64,12 +66,15 @@ class AnomalyAutoEncoder(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.log("train/epoch_loss", self.train_epoch_loss.compute())
+        self.log("train/g_norm_max", self.g_norm_max)
         self.train_epoch_loss.reset()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called before Lightning clips, so this is the raw norm that clipping then bounds.
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        self.log("train/g_norm", torch.nn.utils.get_total_norm(grads), prog_bar=True)
+        g_norm = torch.nn.utils.get_total_norm(grads)
+        torch.maximum(self.g_norm_max, g_norm.detach(), out=self.g_norm_max)
+        self.log("train/g_norm", g_norm, prog_bar=True)
 
     def _shared_eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics) -> None:
         x, y = batch

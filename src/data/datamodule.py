@@ -1,0 +1,165 @@
+"""One LightningDataModule for every source: EMNIST (all splits), MNIST, FashionMNIST, KMNIST, digits."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from src.data.sources import (
+    DATASETS,
+    EMNIST_SPLITS,
+    IMAGE_SHAPES,
+    class_names,
+    load_source,
+    not_found,
+    raw_files,
+)
+from src.data.splits import one_class_split
+
+AnomalyClass = int | str | Sequence[int | str]
+
+
+class InMemoryBatches(Dataset):
+    """uint8 images held in memory and batched by index; floats exist only one batch at a time."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y  # (N, D) uint8, (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i].float().div_(255), self.y[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices)
+        return self.x[idx].float().div_(255), self.y[idx]  # (B, D) float32, (B,) int64
+
+
+def _as_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``InMemoryBatches.__getitems__`` already returns a whole batch: nothing left to collate."""
+    return batch
+
+
+def resolve_anomaly_classes(anomaly_class: AnomalyClass, names: list[str]) -> list[int]:
+    """Turn labels or label names (``0``, ``'0'``, ``'O'``, ``[0, 'O', 'o']``) into label indices."""
+    items = [anomaly_class] if isinstance(anomaly_class, int | str) else list(anomaly_class)
+    if not items:
+        raise ValueError("data.anomaly_class is empty: give at least one label or name")
+    labels = []
+    for item in items:
+        if isinstance(item, str) and item in names:
+            labels.append(names.index(item))
+        elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item < len(names):
+            labels.append(item)
+        else:
+            raise ValueError(
+                f"data.anomaly_class={item!r} is not a class of this dataset. Allowed: a label "
+                f"0..{len(names) - 1} or one of the names {names}; for several classes use a list, "
+                "e.g. data.anomaly_class=[0,24,50]."
+            )
+    return sorted(set(labels))
+
+
+class OneClassDataModule(LightningDataModule):
+    """One class (or several) held out as the anomaly; batches are ``(x, y)``.
+
+    ``x`` is float32 ``(B, H*W)`` in [0, 1], the row-major flattening of the upright image; ``y`` is
+    int64 with 1 = anomaly. See ``src.data.splits`` for how train, val and test are built.
+
+    Args:
+        dataset: one of ``emnist``, ``mnist``, ``fashion_mnist``, ``kmnist``, ``digits``.
+        root: folder holding torchvision's ``<Dataset>/raw`` files (unused for ``digits``).
+        split: EMNIST split (``byclass``, ``bymerge``, ``balanced``, ``letters``, ``digits``, ``mnist``).
+        anomaly_class: label, label name, or a list of them.
+        anomaly_ratio: share of anomalies in val and test; ``None`` keeps the natural proportion.
+        val_fraction: share of the train split's normals held out for validation.
+        batch_size: training batch size; evaluation uses ``eval_batch_size``.
+        seed: seeds the split, independently of the training seed.
+        download: let torchvision download missing files.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "emnist",
+        root: str = "data",
+        split: str = "byclass",
+        anomaly_class: AnomalyClass = 0,
+        anomaly_ratio: float | None = 0.35,
+        val_fraction: float = 0.1,
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        seed: int = 0,
+        download: bool = False,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"data.dataset={dataset!r} is unknown; choose one of {DATASETS}")
+        if dataset == "emnist" and split not in EMNIST_SPLITS:
+            raise ValueError(f"data.split={split!r} is not an EMNIST split; choose one of {EMNIST_SPLITS}")
+        self.save_hyperparameters(logger=False)
+        self.anomaly_classes = resolve_anomaly_classes(anomaly_class, class_names(dataset, split))
+        self.data_train: InMemoryBatches | None = None
+        self.data_val: InMemoryBatches | None = None
+        self.data_test: InMemoryBatches | None = None
+
+    @property
+    def input_dim(self) -> int:
+        h, w = IMAGE_SHAPES[self.hparams.dataset]
+        return h * w
+
+    def check_available(self) -> None:
+        """Raise ``DatasetNotFoundError`` now, before any training, if the files are missing and
+        ``download`` is off."""
+        hp = self.hparams
+        if hp.dataset == "digits" or hp.download:
+            return
+        if not all(p.is_file() for p in raw_files(hp.dataset, self._root, hp.split)):
+            raise not_found(hp.dataset, self._root, hp.split, download=False)
+
+    def prepare_data(self) -> None:
+        if self.hparams.download and self.hparams.dataset != "digits":
+            load_source(self.hparams.dataset, self._root, self.hparams.split, download=True)
+
+    @property
+    def _root(self) -> Path:
+        return Path(self.hparams.root).expanduser().resolve()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data_train is not None:
+            return
+        hp = self.hparams
+        src = load_source(hp.dataset, self._root, hp.split, download=False)
+        idx = one_class_split(
+            src.y_train, src.y_test, self.anomaly_classes, hp.anomaly_ratio, hp.val_fraction, hp.seed
+        )
+        is_anom_train = torch.isin(src.y_train, torch.as_tensor(self.anomaly_classes)).long()
+        is_anom_test = torch.isin(src.y_test, torch.as_tensor(self.anomaly_classes)).long()
+        self.data_train = InMemoryBatches(src.x_train[idx.train], is_anom_train[idx.train])
+        self.data_val = InMemoryBatches(src.x_train[idx.val], is_anom_train[idx.val])
+        self.data_test = InMemoryBatches(src.x_test[idx.test], is_anom_test[idx.test])
+
+    def _loader(self, data: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        # BatchNorm cannot train on a last batch of one sample: drop it only in that case.
+        drop_last = shuffle and len(data) % batch_size == 1
+        return DataLoader(
+            data,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            collate_fn=_as_batch,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.data_train, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.data_val, self.hparams.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.data_test, self.hparams.eval_batch_size, shuffle=False)
