@@ -1,0 +1,104 @@
+"""The study's figures from a sweep's ``results.csv`` rows and its jobs' CSV histories."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def versus_depth(df: pd.DataFrame, value: str, ylabel: str, title: str, path: Path) -> Path:
+    """Mean over seeds per model and depth, with standard deviations as error bars."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model, group in df.groupby("model"):
+        stats = group.groupby("n_layers")[value].agg(["mean", "std"]).fillna({"std": 0.0})
+        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=model)
+    ax.set(xlabel="n_layers (per side)", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def by_class(df: pd.DataFrame, path: Path) -> Path:
+    """Test AUROC per held-out class, one bar per model."""
+    table = df.pivot_table(index="anomaly_class", columns="model", values="test_auroc", aggfunc="mean")
+    ax = table.plot.bar(figsize=(7, 4), rot=0)
+    ax.set(xlabel="held-out class", ylabel="test AUROC", title="AUROC per held-out class", ylim=(0, 1))
+    ax.grid(alpha=0.3, axis="y")
+    return _save(ax.figure, path)
+
+
+def history(job_dir: Path) -> pd.DataFrame | None:
+    """Per-step ``train/g_norm`` and ``train/loss`` from the job's CSV logger, if it had one."""
+    path = job_dir / "csv" / "metrics.csv"
+    if not path.is_file():
+        return None
+    steps = pd.read_csv(path)
+    if "train/g_norm" not in steps:
+        return None
+    return steps.dropna(subset=["train/g_norm"])[["step", "train/g_norm", "train/loss"]]
+
+
+def g_norm_over_steps(sweep_dir: Path, df: pd.DataFrame, path: Path) -> Path | None:
+    """``train/g_norm`` (log scale) and ``train/loss`` over steps, coloured by clipping setting."""
+    fig, (ax_g, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+    settings = sorted(df.gradient_clip_val.astype(str).unique())
+    colors = dict(zip(settings, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    drawn = set()
+    for row in df.itertuples():
+        steps = history(sweep_dir / row.job)
+        if steps is None:
+            continue
+        clip = str(row.gradient_clip_val)
+        label = None if clip in drawn else f"gradient_clip_val={clip}"
+        drawn.add(clip)
+        ax_g.plot(steps["step"], steps["train/g_norm"], color=colors[clip], alpha=0.6, lw=0.8, label=label)
+        ax_l.plot(steps["step"], steps["train/loss"], color=colors[clip], alpha=0.6, lw=0.8, label=label)
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax_g.set(yscale="log", xlabel="step", ylabel="train/g_norm (before clipping)", title="Gradient norm")
+    ax_l.set(yscale="log", xlabel="step", ylabel="train/loss", title="Training loss")
+    for ax in (ax_g, ax_l):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def make_all(sweep_dir: Path, df: pd.DataFrame) -> list[Path]:
+    """Every plot the sweep's settings allow; returns the files written."""
+    done = df[df.status == "completed"]
+    out: list[Path | None] = []
+    if done.empty:
+        return []
+    if done.n_layers.nunique() > 1:
+        out.append(
+            versus_depth(done, "test_auroc", "test AUROC", "AUROC vs depth", sweep_dir / "auroc_vs_depth.png")
+        )
+        plain = done[done.model.isin(["ae", "rae"])]
+        if not plain.empty:
+            out.append(
+                versus_depth(
+                    plain,
+                    "train_loss",
+                    "final train loss",
+                    "Degradation: train loss vs depth",
+                    sweep_dir / "train_loss_vs_depth.png",
+                )  # fmt: skip
+            )
+    if done.anomaly_class.nunique() > 1:
+        out.append(by_class(done, sweep_dir / "auroc_by_class.png"))
+    if df.gradient_clip_val.astype(str).nunique() > 1:
+        out.append(g_norm_over_steps(sweep_dir, df, sweep_dir / "g_norm_over_steps.png"))
+    return [p for p in out if p is not None]

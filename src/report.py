@@ -1,0 +1,242 @@
+"""Aggregate a multirun directory into the study's tables and plots.
+
+``python -m src.report logs/degradation/multiruns/<time> [--wandb]`` reads every job's ``metrics.json``
+(and its ``csv/metrics.csv`` history for curves) and writes ``results.csv``, ``report.md`` and PNG
+plots into that directory. It works on partial or still-running sweeps and says what is missing.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from src import plots
+from src.results import METRICS_FILE, read_metrics
+
+# The study's RVAE/VAE table (MNIST, each digit 0..9 held out in turn), by our model names.
+PUBLISHED_MNIST = {
+    "rvae": [0.990, 0.408, 0.990, 0.969, 0.944, 0.968, 0.962, 0.909, 0.974, 0.848],
+    "rvae_original": [0.987, 0.396, 0.991, 0.970, 0.935, 0.969, 0.943, 0.910, 0.972, 0.833],
+    "vae": [0.980, 0.380, 0.990, 0.967, 0.929, 0.960, 0.956, 0.900, 0.973, 0.810],
+}
+COLUMNS = [
+    "job", "status", "model", "n_layers", "block", "hidden_dim", "latent_dim", "dataset",
+    "anomaly_class", "seed", "gradient_clip_val", "train_loss", "val_auroc", "test_auroc",
+    "test_auprc", "g_norm_max", "wall_time_s", "error",
+]  # fmt: skip
+
+
+class NoResultsError(RuntimeError):
+    """The directory holds no job of a multirun."""
+
+
+def expected_jobs(sweep_dir: Path) -> list[frozenset[str]] | None:
+    """Every job's overrides as the basic sweeper expands them from ``multirun.yaml``, or None."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = OmegaConf.load(path)
+    if "BasicSweeper" not in str(OmegaConf.select(cfg, "hydra.sweeper._target_")):
+        return None  # e.g. Optuna decides its jobs as it goes
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    args = [f"{k}={v}" for k, v in params.items()] + list(cfg.hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(args)
+    return [frozenset(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def _settings(model_name: str | None, model: dict, data: dict, seed: Any, clip: Any) -> dict[str, Any]:
+    return {
+        "model": model_name,
+        "n_layers": model.get("n_layers"),
+        "block": model.get("block"),
+        "hidden_dim": model.get("hidden_dim"),
+        "latent_dim": model.get("latent_dim"),
+        "dataset": data.get("dataset"),
+        "anomaly_class": str(data.get("anomaly_class")),
+        "seed": seed,
+        "gradient_clip_val": clip,
+    }
+
+
+def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
+    """One row of ``results.csv``: the job's settings and results (from ``metrics.json``, or from its
+    saved Hydra config while it has none)."""
+    row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir))}
+    if not (job_dir / METRICS_FILE).is_file():
+        cfg = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "config.yaml"))
+        choices = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
+        clip = cfg["trainer"].get("gradient_clip_val")
+        return (
+            row
+            | {"status": "incomplete"}
+            | _settings(choices.get("model"), cfg["model"], cfg["data"], cfg["seed"], clip)
+        )
+    m = read_metrics(job_dir)
+    clip = m.get("trainer", {}).get("gradient_clip_val")
+    return (
+        row
+        | {"status": m.get("status")}
+        | _settings(m.get("model_name"), m["model"], m["data"], m.get("seed"), clip)
+        | {
+            "train_loss": m.get("train/loss"),
+            "val_auroc": m.get("val/auroc"),
+            "test_auroc": m.get("test/auroc"),
+            "test_auprc": m.get("test/auprc"),
+            "g_norm_max": m.get("train/g_norm_max"),
+            "wall_time_s": m.get("wall_time_s"),
+            "error": m.get("error"),
+        }
+    )
+
+
+def collect(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """All jobs found under ``sweep_dir`` and the overrides of expected jobs that never started."""
+    job_dirs = sorted(p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml"))
+    if not job_dirs:
+        raise NoResultsError(
+            f"{sweep_dir} holds no job of a multirun (no */.hydra/overrides.yaml): pass the sweep "
+            "directory that `python -m src.train --multirun` printed, e.g. logs/<task>/multiruns/<time>."
+        )
+    rows = [job_row(d, sweep_dir) for d in job_dirs]
+    found = {frozenset(OmegaConf.load(d / ".hydra" / "overrides.yaml")) for d in job_dirs}
+    missing = [",".join(sorted(j)) for j in expected_jobs(sweep_dir) or [] if j not in found]
+    return pd.DataFrame(rows).reindex(columns=COLUMNS), missing
+
+
+def _cell(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3f} (1)"
+    return f"{values.mean():.3f} ± {values.std():.3f} ({len(values)})"
+
+
+def pivot_table(df: pd.DataFrame, row: str, value: str, higher_is_better: bool = True) -> str:
+    """Markdown table: ``row`` down, models across, ``mean ± std (n jobs)`` per cell, best in bold."""
+    done = df[df.status == "completed"]
+    models = sorted(done.model.unique())
+    lines = [f"| {row} | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for key, group in done.groupby(row, sort=True):
+        means = {m: group[group.model == m][value].mean() for m in models}
+        valid = {m: v for m, v in means.items() if pd.notna(v)}
+        best = (max if higher_is_better else min)(valid.values()) if len(valid) > 1 else None
+        cells = [_cell(group[group.model == m][value]) for m in models]
+        cells = [f"**{c}**" if valid.get(m) == best else c for m, c in zip(models, cells, strict=True)]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def published_table(df: pd.DataFrame) -> str:
+    """Our test AUROC per held-out digit beside the study's published MNIST figures."""
+    done = df[(df.status == "completed") & df.model.isin(list(PUBLISHED_MNIST))]
+    models = [m for m in PUBLISHED_MNIST if m in set(done.model)]
+    header = " | ".join(f"{m} (ours) | {m} (study)" for m in models)
+    lines = [f"| digit | {header} |", "|---" * (2 * len(models) + 1) + "|"]
+    for digit in range(10):
+        cells = []
+        for m in models:
+            ours = done[(done.model == m) & (done.anomaly_class == str(digit))].test_auroc
+            cells += [_cell(ours), f"{PUBLISHED_MNIST[m][digit]:.3f}"]
+        lines.append(f"| {digit} | " + " | ".join(cells) + " |")
+    means = []
+    for m in models:
+        means += [_cell(done[done.model == m].groupby("anomaly_class").test_auroc.mean()),
+                  f"{sum(PUBLISHED_MNIST[m]) / 10:.3f}"]  # fmt: skip
+    lines.append("| mean | " + " | ".join(means) + " |")
+    return "\n".join(lines)
+
+
+def varies(df: pd.DataFrame, column: str) -> bool:
+    return df[column].astype(str).nunique() > 1
+
+
+def render(sweep_dir: Path, df: pd.DataFrame, missing: list[str], images: list[str]) -> str:
+    counts = df.status.value_counts().to_dict()
+    total = len(df) + len(missing)
+    parts = [
+        f"# Sweep report: `{sweep_dir}`",
+        f"{total} jobs expected, {len(df)} started: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + f"; {len(missing)} missing. Cells: mean ± std over seeds (number of jobs); best per row in bold.",
+    ]
+    row = next((c for c in ("n_layers", "anomaly_class", "gradient_clip_val") if varies(df, c)), "n_layers")
+    if (df.status == "completed").any():
+        parts += [f"## Test AUROC per {row}", pivot_table(df, row, "test_auroc")]
+        parts += [f"## Best validation AUROC per {row}", pivot_table(df, row, "val_auroc")]
+        plain = df[df.model.isin(["ae", "rae"])]
+        if not plain.empty:
+            parts += [
+                f"## Final train loss per {row} (AE vs RAE; lower is better)",
+                pivot_table(plain, row, "train_loss", higher_is_better=False),
+            ]
+        if varies(df, "gradient_clip_val"):
+            parts += [
+                "## Max train/g_norm per gradient_clip_val",
+                pivot_table(df, "gradient_clip_val", "g_norm_max", False),
+            ]
+        if row == "anomaly_class" and set(df.dataset) == {"mnist"}:
+            parts += ["## Test AUROC per held-out MNIST digit, beside the study", published_table(df)]
+    else:
+        parts.append("No job has completed yet.")
+    bad = df[df.status != "completed"]
+    if len(bad) or missing:
+        parts.append("## Jobs without results")
+        parts += [
+            f"- `{r.job}`: {r.status}" + (f" ({r.error})" if isinstance(r.error, str) else "")
+            for r in bad.itertuples()
+        ]
+        parts += [f"- `{m}`: missing (never started)" for m in missing]
+    parts += [f"![{name}]({name})" for name in images]
+    return "\n\n".join(parts) + "\n"
+
+
+def build_report(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str], list[Path]]:
+    """Write ``results.csv``, ``report.md`` and plots into ``sweep_dir``; return what was written."""
+    sweep_dir = Path(sweep_dir).resolve()
+    if not sweep_dir.is_dir():
+        raise NoResultsError(f"{sweep_dir} is not a directory")
+    df, missing = collect(sweep_dir)
+    df.to_csv(sweep_dir / "results.csv", index=False)
+    images = plots.make_all(sweep_dir, df)
+    (sweep_dir / "report.md").write_text(render(sweep_dir, df, missing, [p.name for p in images]))
+    return df, missing, images
+
+
+def log_to_wandb(sweep_dir: Path, df: pd.DataFrame, images: list[Path]) -> None:
+    """A summary run in the sweep's W&B group: the results table and the plots."""
+    import wandb
+
+    cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
+    project = OmegaConf.select(cfg, "logger.wandb.project") or "rvae-anomaly"
+    group = f"{cfg.task_name}-{sweep_dir.name}"
+    with wandb.init(project=project, group=group, name=f"report-{sweep_dir.name}", job_type="report",
+                    dir=str(sweep_dir)) as run:  # fmt: skip
+        run.log({"results": wandb.Table(dataframe=df.astype(str))})
+        run.log({p.stem: wandb.Image(str(p)) for p in images})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (logs/<task>/multiruns/<time>)")
+    parser.add_argument("--wandb", action="store_true", help="also log the table and plots to W&B")
+    args = parser.parse_args(argv)
+    try:
+        df, missing, images = build_report(args.sweep_dir)
+    except NoResultsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.wandb:
+        log_to_wandb(args.sweep_dir.resolve(), df, images)
+    print((args.sweep_dir / "report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
