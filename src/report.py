@@ -128,7 +128,8 @@ def pivot_table(df: pd.DataFrame, row: str, value: str, higher_is_better: bool =
         valid = {m: v for m, v in means.items() if pd.notna(v)}
         best = (max if higher_is_better else min)(valid.values()) if len(valid) > 1 else None
         cells = [_cell(group[group.model == m][value]) for m in models]
-        cells = [f"**{c}**" if valid.get(m) == best else c for m, c in zip(models, cells, strict=True)]
+        bold = {m for m, v in valid.items() if best is not None and v == best}
+        cells = [f"**{c}**" if m in bold else c for m, c in zip(models, cells, strict=True)]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -102,7 +102,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         fit_metrics, test_metrics, best, best_val = _fit_and_test(cfg, trainer, model, datamodule)
     except Exception as err:  # a job that fails after it started leaves a record for the report
-        write_json_atomic(metrics_path, run_settings(cfg) | {"status": "failed", "error": repr(err)})
+        if trainer.is_global_zero:
+            record = run_settings(cfg) | {"status": "failed", "error": repr(err)}
+            write_json_atomic(metrics_path, record)
         raise
     record = run_settings(cfg) | {
         "status": "completed",
@@ -117,10 +119,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "wall_time_s": time.perf_counter() - start,
         "best_checkpoint": best or None,
     }
-    write_json_atomic(metrics_path, record)
-    for lg in trainer.loggers:  # summaries that make W&B's comparisons one click
-        if isinstance(lg, WandbLogger):
-            lg.experiment.summary.update({k: record[k] for k in SUMMARY_KEYS if record[k] is not None})
+    if trainer.is_global_zero:  # under DDP the other processes hold the same results
+        write_json_atomic(metrics_path, record)
+        for lg in trainer.loggers:  # summaries that make W&B's comparisons one click
+            if isinstance(lg, WandbLogger):
+                summary = {k: record[k] for k in SUMMARY_KEYS if record[k] is not None}
+                lg.experiment.summary.update(summary)
     return record, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 

@@ -1,0 +1,170 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from src.report import build_report
+from src.report import main as report_main
+from tests.conftest import REPO
+
+
+def multirun(sweep_dir: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "src.train", "--multirun", "data=digits", "trainer=cpu",
+           "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}",
+           f"paths.root_dir={sweep_dir.parent}", *overrides]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def wandb_files(sweep_dir: Path) -> list[Path]:
+    return sorted(sweep_dir.glob("*/wandb/offline-run-*/*.wandb"))
+
+
+def test_multirun_then_report(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = multirun(sweep, "model=ae,rae", "model.n_layers=0,1", "seed=0,1", "logger=wandb_csv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # eight W&B runs, named <model>-L<n_layers>-s<seed>, all in the sweep's group
+    runs = wandb_files(sweep)
+    assert len(runs) == 8
+    group = f"train-{sweep.name}".encode()
+    names = {f"{m}-L{n}-s{s}" for m in ("ae", "rae") for n in (0, 1) for s in (0, 1)}
+    contents = [p.read_bytes() for p in runs]
+    assert all(group in c for c in contents)
+    assert {n for n in names for c in contents if n.encode() in c} == names
+
+    assert report_main([str(sweep)]) == 0
+    rows = (sweep / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 8
+    report = (sweep / "report.md").read_text()
+    assert "8 jobs expected, 8 started: 8 completed; 0 missing" in report
+    table = report.split("## Test AUROC per n_layers")[1].split("##")[0]
+    assert "| n_layers | ae | rae |" in table
+    assert table.count("(2)") == 4  # 2 depths x 2 models, two seeds per cell
+    for name in ("auroc_vs_depth.png", "train_loss_vs_depth.png"):
+        with Image.open(sweep / name) as img:
+            img.verify()
+            assert img.size[0] > 300
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = multirun(sweep, "logger=csv", "+callbacks.fault._target_=tests.faults.RaiseAtStep",
+                    "+callbacks.fault.step=2,-1", "model=ae,rae")  # fmt: skip
+    assert proc.returncode != 0  # the sweep reports the failure ...
+    statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in sweep.glob("*/metrics.json")}
+    assert len(statuses) == 4  # ... after every job ran
+    assert sorted(statuses.values()) == ["completed", "completed", "failed", "failed"]
+    df, missing, _ = build_report(sweep)
+    assert not missing and (df.status == "failed").sum() == 2
+    report = (sweep / "report.md").read_text()
+    assert "injected failure at step 2" in report
+
+
+def _job(sweep: Path, name: str, overrides: list[str], metrics: dict | None, cfg: dict | None = None):
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if cfg is not None:
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+        choices = {"hydra": {"runtime": {"choices": {"model": cfg["model_name"]}}}}
+        (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(choices))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+
+
+def _metrics(model: str, n_layers: int, seed: int, auroc: float, loss: float, status="completed"):
+    return {
+        "status": status, "model_name": model, "seed": seed, "test/auroc": auroc, "val/auroc": auroc,
+        "train/loss": loss, "model": {"n_layers": n_layers, "block": "preact"},
+        "data": {"dataset": "digits", "anomaly_class": 0}, "trainer": {"gradient_clip_val": 10.0},
+    }  # fmt: skip
+
+
+def test_report_tables_on_known_results(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    params = {"model": "ae,rae", "model.n_layers": "1,2", "seed": "0,1,2"}
+    multirun_cfg = {
+        "task_name": "train",
+        "hydra": {
+            "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                        "params": params},
+            "overrides": {"task": ["data=digits"]},
+        },
+    }  # fmt: skip
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(multirun_cfg))
+    aurocs = {("ae", 1): [0.6, 0.7, 0.8], ("rae", 1): [0.9, 0.9, 0.9], ("ae", 2): [0.5, 0.7]}
+    for (model, n), values in aurocs.items():
+        for seed, auroc in enumerate(values):
+            overrides = [f"model={model}", f"model.n_layers={n}", f"seed={seed}", "data=digits"]
+            _job(sweep, f"{model}{n}{seed}", overrides, _metrics(model, n, seed, auroc, 10 - n))
+    # rae at depth 2: seed 0 failed, seed 1 still running (no metrics.json), seed 2 never started
+    failed = _metrics("rae", 2, 0, None, None, status="failed") | {"error": "RuntimeError('boom')"}
+    _job(sweep, "rae20", ["model=rae", "model.n_layers=2", "seed=0", "data=digits"], failed)
+    running_cfg = {"model_name": "rae", "model": {"n_layers": 2}, "data": {"dataset": "digits"},
+                   "trainer": {}, "seed": 1}  # fmt: skip
+    _job(sweep, "rae21", ["model=rae", "model.n_layers=2", "seed=1", "data=digits"], None, running_cfg)
+
+    df, missing, _ = build_report(sweep)
+    assert missing == [f"data=digits,model.n_layers=2,model={m},seed=2" for m in ("ae", "rae")]
+    report = (sweep / "report.md").read_text()
+    assert "12 jobs expected, 10 started: 8 completed, 1 failed, 1 incomplete; 2 missing" in report
+    table = report.split("## Test AUROC per n_layers")[1].split("##")[0]
+    assert "| 1 | 0.700 ± 0.100 (3) | **0.900 ± 0.000 (3)** |" in table
+    assert "| 2 | 0.600 ± 0.141 (2) | – |" in table  # nothing to compare with: no bold
+    assert "`rae20`: failed (RuntimeError('boom'))" in report
+    assert "`rae21`: incomplete" in report
+    assert "model=rae,seed=2`: missing" in report
+
+
+def test_report_on_a_directory_without_results(tmp_path: Path, capsys) -> None:
+    assert report_main([str(tmp_path)]) == 2
+    assert "holds no job of a multirun" in capsys.readouterr().err
+
+
+def test_joblib_launcher_runs_wandb_jobs_in_parallel(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = multirun(sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=ae,rae",
+                    "logger=wandb")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(wandb_files(sweep)) == 2
+    assert len(list(sweep.glob("*/metrics.json"))) == 2
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_a_sweep(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = multirun(sweep, "hydra/launcher=submitit_local", "model=ae,rae", "logger=csv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    statuses = [json.loads(p.read_text())["status"] for p in sweep.glob("*/metrics.json")]
+    assert statuses == ["completed", "completed"]
+
+
+@pytest.mark.slow
+def test_optuna_search_returns_the_best_val_auroc(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = multirun(sweep, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "logger=csv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    aurocs = [json.loads(p.read_text())["val/auroc"] for p in sweep.glob("*/metrics.json")]
+    assert len(aurocs) == 2 and best["best_value"] == pytest.approx(max(aurocs))
+
+
+@pytest.mark.slow
+def test_ddp_sim_trains_in_two_processes(tmp_path: Path) -> None:
+    env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "src.train", "trainer=ddp_sim", "data=digits", "logger=csv",
+           "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+           f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "train_ddp_process_1.log").is_file()  # the second process ran
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and 0 <= metrics["test/auroc"] <= 1
