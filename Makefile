@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-full lint format clean-logs
+EXP ?= degradation
+DIR ?=
+.PHONY: help install train sweep report test test-full lint format clean-logs
 
 help: ## List every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -22,6 +24,13 @@ install: $(STAMP) ## Create .venv and install the project with its dev extra
 
 train: $(STAMP) ## Train RVAE on the offline digits data (add ARGS="model=ae ..." to override)
 	$(PY) -m src.train data=digits trainer.max_epochs=30 $(ARGS)
+
+sweep: $(STAMP) ## Run a study sweep: EXP=degradation|rvae_vs_vae|rvae_vs_vae_depth|grad_explosion ARGS="data=digits ..."
+	$(PY) -m src.train experiment=$(EXP) $(ARGS)
+
+report: $(STAMP) ## Tables and plots of a sweep: DIR=logs/<task>/multiruns/<time> (ARGS=--wandb to log them)
+	@test -n "$(DIR)" || { echo "usage: make report DIR=logs/<task>/multiruns/<time>"; exit 2; }
+	$(PY) -m src.report $(DIR) $(ARGS)
 
 test: $(STAMP) ## Run the default test suite (offline, CPU, not slow)
 	$(PY) -m pytest -m "not slow" $(ARGS)

@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from src.config import ConfigError, check_config, register_configs
 from src.results import METRICS_FILE, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,13 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    try:
+        check_config(cfg)
+    except ConfigError as err:
+        log.error(str(err))
+        if HydraConfig.get().mode == RunMode.RUN:
+            raise SystemExit(2) from None
+        raise  # in a multirun, Hydra records the failure and the other jobs go on
     exit_code = 1
     try:
         metrics, _ = train(cfg)
@@ -165,4 +173,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    register_configs()
     main()

@@ -7,6 +7,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from src.config import register_configs
 from tests.idx import write_fake_emnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +23,7 @@ BASE_OVERRIDES = ["data=digits", "trainer=cpu", "logger=csv", "trainer.max_epoch
 
 
 def compose_train(overrides: list[str]) -> DictConfig:
+    register_configs()
     GlobalHydra.instance().clear()
     with initialize(version_base="1.3", config_path="../conf"):
         return compose("train", overrides=BASE_OVERRIDES + overrides, return_hydra_config=True)

@@ -63,6 +63,53 @@ def resolve_anomaly_classes(anomaly_class: AnomalyClass, names: list[str]) -> li
     return sorted(set(labels))
 
 
+def input_dim_of(dataset: str) -> int:
+    if dataset not in IMAGE_SHAPES:
+        raise ValueError(f"data.dataset={dataset!r} is unknown")
+    h, w = IMAGE_SHAPES[dataset]
+    return h * w
+
+
+def check_data_settings(
+    dataset: str,
+    split: str,
+    anomaly_class: AnomalyClass,
+    anomaly_ratio: float | None,
+    val_fraction: float,
+    batch_size: int,
+    eval_batch_size: int,
+) -> list[int]:
+    """Validate the data settings without reading any data; return the anomaly labels.
+
+    Raises ``ValueError`` naming each bad setting, its value and what is allowed.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(
+            f"data.dataset={dataset!r} is unknown: choose one of {list(DATASETS)} (e.g. data=digits)."
+        )
+    if dataset == "emnist" and split not in EMNIST_SPLITS:
+        raise ValueError(f"data.split={split!r} is not an EMNIST split: choose one of {list(EMNIST_SPLITS)}.")
+    bad = []
+    if anomaly_ratio is not None and not 0 < anomaly_ratio < 1:
+        bad.append(
+            f"data.anomaly_ratio={anomaly_ratio!r} is invalid: it must lie strictly between 0 and 1, "
+            "or be null to keep the natural proportion."
+        )
+    if not 0 < val_fraction < 1:
+        bad.append(f"data.val_fraction={val_fraction!r} is invalid: it must lie strictly between 0 and 1.")
+    if batch_size < 2:
+        bad.append(f"data.batch_size={batch_size!r} is invalid: BatchNorm needs at least 2 samples.")
+    if eval_batch_size < 1:
+        bad.append(f"data.eval_batch_size={eval_batch_size!r} is invalid: it must be >= 1.")
+    try:
+        labels = resolve_anomaly_classes(anomaly_class, class_names(dataset, split))
+    except ValueError as err:
+        bad.append(str(err))
+    if bad:
+        raise ValueError(" ".join(bad))
+    return labels
+
+
 class OneClassDataModule(LightningDataModule):
     """One class (or several) held out as the anomaly; batches are ``(x, y)``.
 
@@ -96,20 +143,17 @@ class OneClassDataModule(LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if dataset not in DATASETS:
-            raise ValueError(f"data.dataset={dataset!r} is unknown; choose one of {DATASETS}")
-        if dataset == "emnist" and split not in EMNIST_SPLITS:
-            raise ValueError(f"data.split={split!r} is not an EMNIST split; choose one of {EMNIST_SPLITS}")
+        self.anomaly_classes = check_data_settings(
+            dataset, split, anomaly_class, anomaly_ratio, val_fraction, batch_size, eval_batch_size
+        )
         self.save_hyperparameters(logger=False)
-        self.anomaly_classes = resolve_anomaly_classes(anomaly_class, class_names(dataset, split))
         self.data_train: InMemoryBatches | None = None
         self.data_val: InMemoryBatches | None = None
         self.data_test: InMemoryBatches | None = None
 
     @property
     def input_dim(self) -> int:
-        h, w = IMAGE_SHAPES[self.hparams.dataset]
-        return h * w
+        return input_dim_of(self.hparams.dataset)
 
     def check_available(self) -> None:
         """Raise ``DatasetNotFoundError`` now, before any training, if the files are missing and

@@ -10,6 +10,43 @@ from src.models.components.backbone import BlockType
 from src.models.components.loss import autoencoder_loss
 
 
+def check_model_settings(
+    input_dim: int | None,
+    n_layers: int,
+    hidden_dim: int,
+    latent_dim: int,
+    block: str,
+    beta: float,
+    lr: float,
+    weight_decay: float,
+) -> None:
+    """Raise ``ValueError`` naming each out-of-range model setting, its value and what is allowed."""
+    rules = [
+        (n_layers >= 0, "model.n_layers", n_layers, "an integer >= 0 (0 = projections only)"),
+        (hidden_dim >= 1, "model.hidden_dim", hidden_dim, "an integer >= 1"),
+        (latent_dim >= 1, "model.latent_dim", latent_dim, "an integer >= 1"),
+        (block in ("preact", "original"), "model.block", block, "'preact' or 'original'"),
+        (beta >= 0, "model.beta", beta, "a number >= 0"),
+        (lr > 0, "model.lr", lr, "a number > 0"),
+        (weight_decay >= 0, "model.weight_decay", weight_decay, "a number >= 0"),
+    ]
+    if input_dim is not None:
+        rules.append(
+            (
+                latent_dim <= input_dim,
+                "model.latent_dim",
+                latent_dim,
+                f"at most the input size of the data ({input_dim}); a code larger than the input "
+                "cannot compress it",
+            )  # fmt: skip
+        )
+    bad = [
+        f"{name}={value!r} is invalid: it must be {allowed}." for ok, name, value, allowed in rules if not ok
+    ]
+    if bad:
+        raise ValueError(" ".join(bad))
+
+
 class AnomalyAutoEncoder(LightningModule):
     """Trains an ``AutoEncoder`` on normal data and scores held-out data by reconstruction error.
 
@@ -44,6 +81,7 @@ class AnomalyAutoEncoder(LightningModule):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__()
+        check_model_settings(input_dim, n_layers, hidden_dim, latent_dim, block, beta, lr, weight_decay)
         self.save_hyperparameters()
         self.net = AutoEncoder(input_dim, latent_dim, hidden_dim, n_layers, residual, variational, block)
         self.train_epoch_loss = MeanMetric()

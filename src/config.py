@@ -1,0 +1,90 @@
+"""Structured config schemas behind the ``model`` and ``data`` groups, and the value checks that
+types cannot express. Hydra rejects a wrong type (``model.n_layers=six``) or a misspelled key at
+composition; ``check_config`` rejects out-of-range values before any data is read."""
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from src.data.datamodule import check_data_settings, input_dim_of
+from src.models.module import check_model_settings
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = "src.models.module.AnomalyAutoEncoder"
+    n_layers: int = 4
+    hidden_dim: int = 256
+    latent_dim: int = 16
+    residual: bool = False
+    variational: bool = False
+    block: str = "preact"
+    beta: float = 1.0
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    _target_: str = "src.data.datamodule.OneClassDataModule"
+    dataset: str = "emnist"
+    root: str = "data"
+    split: str = "byclass"
+    anomaly_class: Any = 0
+    anomaly_ratio: float | None = 0.35
+    val_fraction: float = 0.1
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    seed: int = 0
+    download: bool = False
+    num_workers: int = 0
+
+
+class ConfigError(ValueError):
+    """One or more settings are out of range; the message names each and how to fix it."""
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore (``model/schema``, ``data/schema``); call before composing."""
+    cs = ConfigStore.instance()
+    cs.store(group="model", name="schema", node=ModelConfig)
+    cs.store(group="data", name="schema", node=DataConfig)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` listing every bad setting of ``model``, ``data`` and ``trainer``."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    problems = [
+        f"{group}.{key} is not a setting of {group} (added with '+'?): the settings are "
+        f"{[f.name for f in fields(schema) if f.name != '_target_']}."
+        for group, values, schema in (("model", model, ModelConfig), ("data", data, DataConfig))
+        for key in values.keys() - {f.name for f in fields(schema)}
+    ]
+    try:
+        check_data_settings(**{k: v for k, v in data.items() if k in DATA_CHECKED})
+    except ValueError as err:
+        problems.append(str(err))
+    try:
+        input_dim = input_dim_of(data["dataset"])
+    except ValueError:
+        input_dim = None  # already reported above
+    try:
+        check_model_settings(input_dim, **{k: v for k, v in model.items() if k in MODEL_CHECKED})
+    except ValueError as err:
+        problems.append(str(err))
+    clip = cfg.trainer.get("gradient_clip_val")
+    if clip is not None and not clip > 0:
+        problems.append(
+            f"trainer.gradient_clip_val={clip} is invalid: give a positive norm, "
+            "or null to turn clipping off."
+        )
+    if problems:
+        raise ConfigError("Invalid configuration, nothing was run: " + " ".join(problems))
+
+
+DATA_CHECKED = ("dataset", "split", "anomaly_class", "anomaly_ratio", "val_fraction", "batch_size",
+                "eval_batch_size")  # fmt: skip
+MODEL_CHECKED = ("n_layers", "hidden_dim", "latent_dim", "block", "beta", "lr", "weight_decay")

@@ -1,0 +1,92 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from src.config import ConfigError, check_config
+from tests.conftest import REPO, compose_train
+
+BAD_VALUES = [
+    ("model.n_layers=-1", "model.n_layers=-1 is invalid"),
+    ("model.latent_dim=65", "model.latent_dim=65 is invalid: it must be at most the input size"),
+    ("model.block=bottleneck", "model.block='bottleneck' is invalid"),
+    ("model.lr=0", "model.lr=0.0 is invalid"),
+    ("data.anomaly_ratio=1.5", "data.anomaly_ratio=1.5 is invalid"),
+    ("data.anomaly_ratio=0", "data.anomaly_ratio=0.0 is invalid"),
+    ("data.val_fraction=1", "data.val_fraction=1.0 is invalid"),
+    ("data.anomaly_class=10", "data.anomaly_class=10 is not a class"),
+    ("data.anomaly_class=O", "data.anomaly_class='O' is not a class"),
+    ("data.batch_size=1", "data.batch_size=1 is invalid"),
+    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1 is invalid"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_VALUES)
+def test_out_of_range_values_are_named(override: str, message: str) -> None:
+    cfg = compose_train([override])
+    with pytest.raises(ConfigError, match="nothing was run") as err:
+        check_config(cfg)
+    assert message in str(err.value)
+
+
+def test_keys_forced_in_with_plus_are_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"model.n_layer is not a setting of model"):
+        check_config(compose_train(["+model.n_layer=3"]))
+
+
+def test_emnist_split_is_checked_with_the_allowed_list() -> None:
+    cfg = compose_train(["data=emnist", "data.split=bymonth"])
+    with pytest.raises(ConfigError, match=r"data.split='bymonth' is not an EMNIST split: choose one of"):
+        check_config(cfg)
+
+
+def test_several_bad_values_are_reported_together() -> None:
+    cfg = compose_train(["model.n_layers=-2", "data.anomaly_ratio=2"])
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    assert "model.n_layers=-2" in str(err.value) and "data.anomaly_ratio=2.0" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.n_layers=six", "Value 'six' of type 'str' could not be converted to Integer"),
+        ("model.n_layer=3", "Could not override 'model.n_layer'"),
+        ("data.batch_size=big", "could not be converted to Integer"),
+        ("data.anomaly_ratio=lots", "could not be converted to Float"),
+    ],
+)
+def test_wrong_types_and_typos_fail_at_composition(override: str, message: str) -> None:
+    with pytest.raises((ConfigCompositionException, ValidationError)) as err:
+        compose_train([override])
+    assert message in str(err.value) + str(err.value.__cause__)
+
+
+def test_the_defaults_pass() -> None:
+    for model in ("ae", "vae", "rae", "rvae", "rvae_original"):
+        check_config(compose_train([f"model={model}"]))
+
+
+def test_cli_bad_value_stops_before_any_data_with_one_line(tmp_path: Path) -> None:
+    # EMNIST is absent here: reaching the data would give a different error.
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.train", "model.n_layers=-1", "logger=csv", f"hydra.run.dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    output = proc.stdout + proc.stderr
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "model.n_layers=-1 is invalid" in errors[0]
+    assert "Traceback" not in output and "data.root" not in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hydra", "train.log"]
+
+
+def test_cli_help_and_cfg_job_still_work() -> None:
+    for flag in ("--help", "--cfg=job"):
+        proc = subprocess.run([sys.executable, "-m", "src.train", flag], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert "n_layers" in proc.stdout
