@@ -90,7 +90,7 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
             "test_auprc": m.get("test/auprc"),
             "g_norm_max": m.get("train/g_norm_max"),
             "wall_time_s": m.get("wall_time_s"),
-            "error": m.get("error"),
+            "error": m.get("error") or m.get("reason"),
         }
     )
 
@@ -109,27 +109,38 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows).reindex(columns=COLUMNS), missing
 
 
-def _cell(values: pd.Series) -> str:
+def _cell(values: pd.Series, n_diverged: int = 0) -> str:
     values = values.dropna()
     if values.empty:
-        return "–"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.3f} (1)"
-    return f"{values.mean():.3f} ± {values.std():.3f} ({len(values)})"
+        text = "–"
+    elif len(values) == 1:
+        text = f"{values.iloc[0]:.3f} (1)"
+    else:
+        text = f"{values.mean():.3f} ± {values.std():.3f} ({len(values)})"
+    if n_diverged:
+        text = f"{text}, {n_diverged} diverged" if not values.empty else f"diverged ({n_diverged})"
+    return text
 
 
 def pivot_table(df: pd.DataFrame, row: str, value: str, higher_is_better: bool = True) -> str:
-    """Markdown table: ``row`` down, models across, ``mean ± std (n jobs)`` per cell, best in bold."""
-    done = df[df.status == "completed"]
-    models = sorted(done.model.unique())
+    """Markdown table: ``row`` down, models across, ``mean ± std (n jobs)`` per cell, best in bold.
+
+    Statistics use completed jobs; diverged jobs are counted in their cell.
+    """
+    df = df[df.status.isin(["completed", "diverged"])]
+    models = sorted(df.model.unique())
     lines = [f"| {row} | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
-    for key, group in done.groupby(row, sort=True):
-        means = {m: group[group.model == m][value].mean() for m in models}
+    for key, group in df.groupby(row, sort=True):
+        done = group[group.status == "completed"]
+        means = {m: done[done.model == m][value].mean() for m in models}
         valid = {m: v for m, v in means.items() if pd.notna(v)}
         best = (max if higher_is_better else min)(valid.values()) if len(valid) > 1 else None
-        cells = [_cell(group[group.model == m][value]) for m in models]
         bold = {m for m, v in valid.items() if best is not None and v == best}
-        cells = [f"**{c}**" if m in bold else c for m, c in zip(models, cells, strict=True)]
+        cells = []
+        for m in models:
+            n_div = int(((group.model == m) & (group.status == "diverged")).sum())
+            cell = _cell(done[done.model == m][value], n_div)
+            cells.append(f"**{cell}**" if m in bold else cell)
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -168,7 +179,7 @@ def render(sweep_dir: Path, df: pd.DataFrame, missing: list[str], images: list[s
         + f"; {len(missing)} missing. Cells: mean ± std over seeds (number of jobs); best per row in bold.",
     ]
     row = next((c for c in ("n_layers", "anomaly_class", "gradient_clip_val") if varies(df, c)), "n_layers")
-    if (df.status == "completed").any():
+    if df.status.isin(["completed", "diverged"]).any():
         parts += [f"## Test AUROC per {row}", pivot_table(df, row, "test_auroc")]
         parts += [f"## Best validation AUROC per {row}", pivot_table(df, row, "val_auroc")]
         plain = df[df.model.isin(["ae", "rae"])]

@@ -40,3 +40,28 @@ class KillAtStep(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillOnce(Callback):
+    """SIGKILL at ``step`` the first time only (a marker file remembers), and only if ``when``:
+    re-running the very same command then finds the job's checkpoints and resumes it."""
+
+    def __init__(self, step: int, marker: str, when: bool = True) -> None:
+        self.step, self.marker, self.when = step, marker, when
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.when and trainer.global_step == self.step and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAtStep(Callback):
+    """Send this process ``signum`` (e.g. 15 = SIGTERM, 2 = SIGINT) at ``step``, once."""
+
+    def __init__(self, step: int, signum: int, marker: str) -> None:
+        self.step, self.signum, self.marker = step, signum, marker
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), self.signum)

@@ -62,6 +62,43 @@ def not_found(dataset: str, root: str | Path, split: str, download: bool) -> Dat
     )
 
 
+class CorruptDataError(ValueError):
+    """A dataset file is there but cannot be what torchvision expects."""
+
+
+def idx_shape(path: Path) -> tuple[int, ...]:
+    """Validate an uncompressed uint8 IDX file (header and length) and return its shape."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        header = f.read(4)
+        if len(header) < 4 or header[:3] != b"\x00\x00\x08" or not 1 <= header[3] <= 3:
+            raise _corrupt(path, f"bad IDX header {header.hex() or '(empty)'}, expected 000008 + ndim")
+        dims_raw = f.read(4 * header[3])
+    if len(dims_raw) < 4 * header[3]:
+        raise _corrupt(path, "the header is cut short")
+    shape = tuple(int.from_bytes(dims_raw[i : i + 4], "big") for i in range(0, len(dims_raw), 4))
+    expected = 4 + 4 * len(shape) + int(np.prod(shape))
+    if size != expected:
+        raise _corrupt(path, f"{size} bytes where the header {shape} implies {expected} (truncated?)")
+    return shape
+
+
+def _corrupt(path: Path, problem: str) -> CorruptDataError:
+    return CorruptDataError(
+        f"{path} is corrupt: {problem}. Fix: delete it and download again (data.download=true on a "
+        "machine with network access), or copy an intact, uncompressed copy there. Nothing was cached."
+    )
+
+
+def check_raw_files(dataset: str, root: str | Path, split: str) -> None:
+    """Validate every raw file of ``dataset`` and that image and label counts agree."""
+    files = raw_files(dataset, root, split)
+    for images, labels in (files[0:2], files[2:4]):
+        n_images, n_labels = idx_shape(images)[0], idx_shape(labels)[0]
+        if n_images != n_labels:
+            raise _corrupt(labels, f"{n_labels} labels for {n_images} images in {images.name}")
+
+
 def _flatten(images: torch.Tensor) -> torch.Tensor:
     return images.reshape(len(images), -1).contiguous()
 
@@ -70,6 +107,8 @@ def load_torchvision(dataset: str, root: str | Path, split: str, download: bool)
     """Decode train and test splits through the real torchvision dataset classes."""
     cls = TORCHVISION[dataset]
     kwargs = {"split": split} if dataset == "emnist" else {}
+    if all(p.is_file() for p in raw_files(dataset, root, split)):
+        check_raw_files(dataset, root, split)
     parts = []
     for train in (True, False):
         try:

@@ -1,5 +1,7 @@
 """The Lightning system that trains and evaluates every variant (AE, VAE, RAE, RVAE)."""
 
+import math
+
 import torch
 from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric
@@ -8,6 +10,18 @@ from src.metrics import AnomalyMetrics
 from src.models.components.autoencoder import AutoEncoder
 from src.models.components.backbone import BlockType
 from src.models.components.loss import autoencoder_loss
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss or gradient norm; the weights were not updated with it."""
+
+    def __init__(self, step: int, reason: str, last_finite_g_norm: float | None) -> None:
+        self.step, self.reason, self.last_finite_g_norm = step, reason, last_finite_g_norm
+        super().__init__(
+            f"Training diverged at step {step}: {reason} (last finite train/g_norm: {last_finite_g_norm}). "
+            "The run stopped before applying it; the best and last checkpoints hold the weights from "
+            "before. Try gradient clipping (trainer.gradient_clip_val), a lower model.lr, or fewer layers."
+        )
 
 
 def check_model_settings(
@@ -85,8 +99,10 @@ class AnomalyAutoEncoder(LightningModule):
         self.save_hyperparameters()
         self.net = AutoEncoder(input_dim, latent_dim, hidden_dim, n_layers, residual, variational, block)
         self.train_epoch_loss = MeanMetric()
-        # running max of train/g_norm; a buffer so it follows the device and never syncs to the host
-        self.register_buffer("g_norm_max", torch.zeros(()), persistent=False)
+        # running max of train/g_norm; a buffer so it follows the device, never syncs to the host
+        # and survives a resume
+        self.register_buffer("g_norm_max", torch.zeros(()))
+        self.last_finite_g_norm: float | None = None
         self.val_metrics = AnomalyMetrics()
         self.test_metrics = AnomalyMetrics()
 
@@ -99,8 +115,11 @@ class AnomalyAutoEncoder(LightningModule):
         out = self.net(x)
         losses = autoencoder_loss(x, out.x_hat, out.mu, out.logvar, self.hparams.beta)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False)
-        self.train_epoch_loss.update(losses["loss"].detach(), weight=len(x))
-        return losses["loss"]
+        loss = losses["loss"]
+        if not math.isfinite(loss.item()):  # stop before a NaN reaches the weights
+            raise DivergedError(self.global_step, f"train/loss is {loss.item()}", self.last_finite_g_norm)
+        self.train_epoch_loss.update(loss.detach(), weight=len(x))
+        return loss
 
     def on_train_epoch_end(self) -> None:
         self.log("train/epoch_loss", self.train_epoch_loss.compute())
@@ -111,8 +130,11 @@ class AnomalyAutoEncoder(LightningModule):
         # Called before Lightning clips, so this is the raw norm that clipping then bounds.
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         g_norm = torch.nn.utils.get_total_norm(grads)
-        torch.maximum(self.g_norm_max, g_norm.detach(), out=self.g_norm_max)
         self.log("train/g_norm", g_norm, prog_bar=True)
+        if not math.isfinite(g_norm.item()):
+            raise DivergedError(self.global_step, f"train/g_norm is {g_norm.item()}", self.last_finite_g_norm)
+        self.last_finite_g_norm = g_norm.item()
+        torch.maximum(self.g_norm_max, g_norm.detach(), out=self.g_norm_max)
 
     def _shared_eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics) -> None:
         x, y = batch

@@ -1,0 +1,55 @@
+"""Lightning callbacks that make runs resumable exactly and interruptible safely."""
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+
+class RNGState(Callback):
+    """Saves the python, numpy and torch random states in every checkpoint and restores them on
+    resume, so the epochs after a resume shuffle and sample exactly as an uninterrupted run would."""
+
+    def state_dict(self) -> dict[str, Any]:
+        # Tensors and plain tuples only, so checkpoints still load with torch's weights_only=True.
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
+        state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        random.setstate(state_dict["python"])
+        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class CheckpointOnInterrupt(Callback):
+    """On Ctrl-C (SIGINT) or SIGTERM (a cluster's preemption), save ``<dirpath>/last.ckpt`` before
+    the process exits, so ``ckpt_path=last`` or re-running the job resumes from there."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt | SIGTERMException):
+            return
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path)
+        log.warning(
+            "Interrupted at step %d: saved %s; resume with ckpt_path=last.", trainer.global_step, path
+        )

@@ -1,0 +1,112 @@
+"""Building the configured Lightning loggers: W&B that never prompts and never costs a run."""
+
+import hashlib
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+SUMMARY_KEYS = ("train/loss", "val/auroc", "test/auroc", "test/auprc", "train/g_norm_max")
+
+
+def wandb_credentials_found() -> bool:
+    """True when W&B has an API key from the environment or ``~/.netrc`` (``wandb login``)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_identity(cfg: DictConfig) -> dict[str, Any]:
+    """Name ``<model>-L<n_layers>-s<seed>``, the sweep as group, tags to filter by, and a run id
+    derived from the output directory, so a resumed job continues the same W&B run."""
+    hc = HydraConfig.get()
+    model = hc.runtime.choices.get("model")
+    group = None
+    if hc.mode == RunMode.MULTIRUN:  # every job of one multirun shares its sweep directory
+        group = f"{cfg.task_name}-{Path(hc.sweep.dir).name}"
+    tags = [
+        f"model:{model}",
+        f"n_layers:{cfg.model.n_layers}",
+        f"data:{cfg.data.dataset}",
+        f"anomaly:{cfg.data.anomaly_class}",
+    ]
+    run_id = hashlib.sha1(str(Path(cfg.paths.output_dir).resolve()).encode()).hexdigest()[:16]
+    return {
+        "name": f"{model}-L{cfg.model.n_layers}-s{cfg.seed}",
+        "group": group,
+        "tags": tags,
+        "id": run_id,
+        "resume": "allow",
+    }
+
+
+def _start_wandb(lg_cfg: DictConfig, cfg: DictConfig) -> Logger:
+    """A started W&B logger, or, when W&B cannot start, a CSV logger and a warning saying why."""
+    if "WANDB_MODE" not in os.environ and not wandb_credentials_found():
+        log.warning("No W&B credentials: logging offline; upload later with `wandb sync`.")
+        os.environ["WANDB_MODE"] = "offline"
+    kwargs = {k: v for k, v in wandb_identity(cfg).items() if not lg_cfg.get(k)}
+    try:
+        logger = hydra.utils.instantiate(lg_cfg, **kwargs)
+        logger.experiment  # noqa: B018  (starts the run now, not in the middle of training)
+        return logger
+    except Exception as err:
+        csv_dir = Path(cfg.paths.output_dir) / "csv"
+        log.warning(
+            "W&B could not start (%s: %s). Training goes on without it; the logged history goes "
+            "to %s and the results to metrics.json.", type(err).__name__, err, csv_dir,
+        )  # fmt: skip
+        return CSVLogger(cfg.paths.output_dir, name="csv", version="")
+
+
+def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
+    """Build the configured loggers; W&B's fallback CSV logger replaces nothing that is configured."""
+    loggers: list[Logger] = []
+    for lg_cfg in (cfg.get("logger") or {}).values():
+        is_wandb = "Wandb" in lg_cfg.get("_target_", "")
+        lg = _start_wandb(lg_cfg, cfg) if is_wandb else hydra.utils.instantiate(lg_cfg)
+        if isinstance(lg, CSVLogger) and any(
+            isinstance(other, CSVLogger) and other.log_dir == lg.log_dir for other in loggers
+        ):
+            continue  # W&B fell back to CSV and a CSV logger writes there already
+        loggers.append(lg)
+    return loggers
+
+
+def flat_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's settings as flat ``model.n_layers``-style keys, for loggers to plot against."""
+    groups = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "trainer")}
+    return _flatten(groups) | {"seed": cfg.seed}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out |= _flatten(v, f"{key}.") if isinstance(v, dict) else {key: v}
+    return out
+
+
+def log_summaries(loggers: list[Logger], record: dict[str, Any]) -> None:
+    """Final train loss, best val AUROC, test AUROC and max g_norm as W&B run summaries."""
+    summary = {k: record[k] for k in SUMMARY_KEYS if record.get(k) is not None}
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            try:
+                lg.experiment.summary.update(summary)
+            except Exception as err:  # results are on disk already; W&B trouble costs nothing
+                log.warning("Could not write W&B summaries (%s); metrics.json has them.", err)

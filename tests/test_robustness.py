@@ -1,0 +1,187 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.data.datamodule import OneClassDataModule
+from src.data.sources import CorruptDataError
+from src.report import build_report
+from src.results import write_json_atomic
+from src.train import train
+from tests.conftest import REPO
+from tests.idx import write_fake_emnist
+
+ONE_JOB = ["data=digits", "trainer=cpu", "trainer.enable_progress_bar=false"]
+
+
+def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO)} | (env or {})
+    return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_a_diverging_run_stops_cleanly_and_keeps_its_checkpoint(tmp_path: Path) -> None:
+    proc = cli(*ONE_JOB, "logger=csv", "trainer.max_epochs=3", f"hydra.run.dir={tmp_path}",
+               "+callbacks.fault._target_=tests.faults.NanAtStep", "+callbacks.fault.step=20")  # fmt: skip
+    assert proc.returncode == 3
+    assert "Training diverged at step 20: train/loss is nan" in proc.stdout + proc.stderr
+    m = metrics(tmp_path)
+    assert m["status"] == "diverged" and m["diverged_at_step"] == 20
+    assert 0 < m["last_finite_g_norm"] < float("inf")
+    assert Path(m["best_checkpoint"]).is_file()  # saved at the end of epoch 0, before the NaN
+
+
+def test_a_diverging_job_lets_the_sweep_go_on_and_is_reported(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = cli("--multirun", *ONE_JOB, "logger=csv", "trainer.max_epochs=2", f"hydra.sweep.dir={sweep}",
+               "+callbacks.fault._target_=tests.faults.NanAtStep", "+callbacks.fault.step=20,-1")  # fmt: skip
+    assert proc.returncode != 0
+    df, _, _ = build_report(sweep)
+    assert sorted(df.status) == ["completed", "diverged"]
+    table = (sweep / "report.md").read_text().split("## Test AUROC per n_layers")[1].split("##")[0]
+    assert "(1), 1 diverged" in table  # the cell counts the diverged job, it is not "missing"
+
+
+def test_metrics_json_is_written_atomically(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "metrics.json"
+    write_json_atomic(path, {"status": "completed", "test/auroc": 0.9})
+
+    def crash(obj, f, **kwargs):
+        f.write('{"status": "compl')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_json_atomic(path, {"status": "completed", "test/auroc": 0.1})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"status": "completed", "test/auroc": 0.9}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_same_seed_gives_bit_identical_results_and_records_versions(make_cfg, tmp_path: Path) -> None:
+    def run(seed: int, name: str) -> dict:
+        cfg = make_cfg(f"seed={seed}", "trainer.deterministic=true", "trainer.max_epochs=2")
+        cfg.paths.output_dir = str(tmp_path / name)
+        return train(cfg)[0]
+
+    runs = [run(0, "a"), run(0, "b")]
+    other = run(1, "c")
+    keys = ["train/loss", "val/auroc", "test/auroc", "test/auprc", "train/g_norm_max"]
+    assert [runs[0][k] for k in keys] == [runs[1][k] for k in keys]
+    assert runs[0]["train/loss"] != other["train/loss"]
+    prov = runs[0]["provenance"]
+    assert prov["torch"] == torch.__version__ and prov["lightning"] and prov["hydra"]
+    assert len(prov["git_commit"] or "") == 40
+
+
+def test_the_split_follows_data_seed_not_the_training_seed() -> None:
+    def val(**kwargs):
+        dm = OneClassDataModule("digits", **kwargs)
+        dm.setup()
+        return dm.data_val.x
+
+    torch.manual_seed(0)
+    a = val(seed=0)
+    torch.manual_seed(1)
+    assert torch.equal(a, val(seed=0))
+    assert not torch.equal(a, val(seed=1))
+
+
+def test_a_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
+    args = [*ONE_JOB, "logger=csv", "trainer.max_epochs=4"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert cli(*args, f"hydra.run.dir={full}").returncode == 0
+    fault = ["+callbacks.fault._target_=tests.faults.KillOnce", "+callbacks.fault.step=40",
+             f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
+    first = cli(*args, f"hydra.run.dir={killed}", *fault)
+    assert first.returncode == -9 and not (killed / "metrics.json").exists()
+    resumed = cli(*args, f"hydra.run.dir={killed}", *fault)  # the same command, run again
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming from" in resumed.stdout + resumed.stderr
+    keys = ["train/loss", "val/auroc", "test/auroc", "test/auprc", "global_step"]
+    assert [metrics(killed)[k] for k in keys] == [metrics(full)[k] for k in keys]
+
+
+def test_ckpt_path_last_without_a_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    proc = cli(*ONE_JOB, "ckpt_path=last", "logger=csv", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "ckpt_path=last but" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("signum", [2, 15])  # SIGINT (Ctrl-C), SIGTERM (preemption)
+def test_an_interrupted_run_saves_a_checkpoint_and_resumes(tmp_path: Path, signum: int) -> None:
+    args = [*ONE_JOB, "logger=csv", "trainer.max_epochs=3", f"hydra.run.dir={tmp_path}",
+            "+callbacks.fault._target_=tests.faults.SignalAtStep", "+callbacks.fault.step=20",
+            f"+callbacks.fault.signum={signum}",
+            f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
+    first = cli(*args)
+    assert first.returncode != 0 and not (tmp_path / "metrics.json").exists()
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] >= 20
+    resumed = cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert metrics(tmp_path)["status"] == "completed"
+
+
+def test_wandb_failing_to_start_costs_nothing(tmp_path: Path) -> None:
+    unreachable = {"WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40, "WANDB_INIT_TIMEOUT": "2",
+                   "WANDB_BASE_URL": "http://127.0.0.1:9"}  # fmt: skip
+    proc = cli(*ONE_JOB, "logger=wandb", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}", env=unreachable)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "W&B could not start" in proc.stdout + proc.stderr
+    assert metrics(tmp_path)["status"] == "completed"
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
+
+
+def test_resumed_sweep_skips_completed_jobs_and_continues_the_killed_one(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    cmd = ["--multirun", *ONE_JOB, "logger=wandb", "trainer.max_epochs=3", "model=ae,rae,vae",
+           f"hydra.sweep.dir={sweep}", "+callbacks.fault._target_=tests.faults.KillOnce",
+           "+callbacks.fault.step=20", f"+callbacks.fault.marker={tmp_path / 'marker'}",
+           "+callbacks.fault.when=${model.residual}"]  # fmt: skip
+    first = cli(*cmd)
+    assert first.returncode == -9  # the whole sweep process died inside the rae job
+    done = [str(p.parent) for p in sweep.rglob("metrics.json")]
+    assert len(done) == 1 and "model=ae," in done[0]
+    second = cli(*cmd)
+    assert second.returncode == 0, second.stderr[-2000:]
+    out = second.stdout + second.stderr
+    assert out.count("Already completed, skipping") == 1 and out.count("Resuming from") == 1
+    assert [metrics(p.parent)["status"] for p in sweep.rglob("metrics.json")] == ["completed"] * 3
+    rae_runs = [p.name for p in sweep.rglob("offline-run-*") if "model=rae," in str(p)]
+    assert len(rae_runs) == 2 and len({name.rsplit("-", 1)[1] for name in rae_runs}) == 1  # same id
+
+
+@pytest.mark.parametrize(
+    "damage,problem",
+    [
+        (lambda b: b[:-100], "truncated"),
+        (lambda b: b"\x00\x00\x09\x03" + b[4:], "bad IDX header"),
+        (lambda b: b[:6], "header is cut short"),
+    ],
+)
+def test_corrupt_files_name_the_file(tmp_path: Path, damage, problem: str) -> None:
+    write_fake_emnist(tmp_path, "byclass", n_classes=62, per_class=(4, 2))
+    path = tmp_path / "EMNIST" / "raw" / "emnist-byclass-test-images-idx3-ubyte"
+    path.write_bytes(damage(path.read_bytes()))
+    dm = OneClassDataModule("emnist", root=str(tmp_path))
+    with pytest.raises(CorruptDataError) as err:
+        dm.setup()
+    assert str(path) in str(err.value) and problem in str(err.value) and "download" in str(err.value)
+
+
+def test_label_count_mismatch_is_named(tmp_path: Path) -> None:
+    write_fake_emnist(tmp_path, "byclass", n_classes=62, per_class=(4, 2))
+    labels = tmp_path / "EMNIST" / "raw" / "emnist-byclass-train-labels-idx1-ubyte"
+    raw = labels.read_bytes()
+    labels.write_bytes(raw[:4] + (len(raw) - 9).to_bytes(4, "big") + raw[8:-1])
+    with pytest.raises(CorruptDataError, match="labels for"):
+        OneClassDataModule("emnist", root=str(tmp_path)).setup()
