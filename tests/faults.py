@@ -65,3 +65,22 @@ class SignalAtStep(Callback):
         if trainer.global_step == self.step and not os.path.exists(self.marker):
             open(self.marker, "w").close()
             os.kill(os.getpid(), self.signum)
+
+
+class FaultsByJob(Callback):
+    """In a multirun, poison job ``nan_job`` with NaN weights at ``step`` (every time) and SIGKILL the
+    whole sweep in job ``kill_job`` at ``step`` (the first time only, remembered by ``marker``)."""
+
+    def __init__(self, nan_job: int, kill_job: int, step: int, marker: str) -> None:
+        self.nan_job, self.kill_job, self.step, self.marker = nan_job, kill_job, step, marker
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        job = HydraConfig.get().job.num
+        if trainer.global_step != self.step:
+            return
+        if job == self.nan_job:
+            NanAtStep(self.step).on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        if job == self.kill_job:
+            KillOnce(self.step, self.marker).on_train_batch_start(trainer, pl_module, batch, batch_idx)

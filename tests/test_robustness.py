@@ -185,3 +185,27 @@ def test_label_count_mismatch_is_named(tmp_path: Path) -> None:
     labels.write_bytes(raw[:4] + (len(raw) - 9).to_bytes(4, "big") + raw[8:-1])
     with pytest.raises(CorruptDataError, match="labels for"):
         OneClassDataModule("emnist", root=str(tmp_path)).setup()
+
+
+@pytest.mark.slow
+def test_a_40_job_sweep_with_faults_accounts_for_every_job(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    cmd = ["--multirun", *ONE_JOB, "logger=csv", "trainer.max_epochs=1", "model=ae,rae",
+           "model.n_layers=range(0,10)", "seed=0,1", f"hydra.sweep.dir={sweep}",
+           "+callbacks.fault._target_=tests.faults.FaultsByJob", "+callbacks.fault.nan_job=7",
+           "+callbacks.fault.kill_job=23", "+callbacks.fault.step=5",
+           f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
+    first = cli(*cmd, timeout=1200)
+    assert first.returncode == -9
+    df, missing, _ = build_report(sweep)
+    assert len(df) == 24 and len(missing) == 16  # jobs 0..23 started, 24..39 never did
+    assert (df.status == "diverged").sum() == 1 and (df.status == "incomplete").sum() == 1
+
+    second = cli(*cmd, timeout=1200)
+    assert second.returncode != 0  # the diverged job diverges again and is reported as such
+    df, missing, _ = build_report(sweep)
+    assert not missing and len(df) == 40
+    assert (df.status == "completed").sum() == 39 and (df.status == "diverged").sum() == 1
+    assert (second.stdout + second.stderr).count("Already completed, skipping") == 22
+    report = (sweep / "report.md").read_text()
+    assert "40 jobs expected, 40 started: 39 completed, 1 diverged; 0 missing" in report
