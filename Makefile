@@ -9,7 +9,7 @@ ARGS ?=
 .DEFAULT_GOAL := help
 EXP ?= degradation
 DIR ?=
-.PHONY: help install train sweep report test test-full lint format clean-logs
+.PHONY: help install train sweep report bench test test-full lint format clean-logs
 
 help: ## List every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ sweep: $(STAMP) ## Run a study sweep: EXP=degradation|rvae_vs_vae|rvae_vs_vae_de
 report: $(STAMP) ## Tables and plots of a sweep: DIR=logs/<task>/multiruns/<time> (ARGS=--wandb to log them)
 	@test -n "$(DIR)" || { echo "usage: make report DIR=logs/<task>/multiruns/<time>"; exit 2; }
 	$(PY) -m src.report $(DIR) $(ARGS)
+
+bench: $(STAMP) ## Throughput vs a hand-written loop and a naive pipeline (ARGS="--n-train 50000 ...")
+	$(PY) -m benchmarks.train_speed $(ARGS)
 
 test: $(STAMP) ## Run the default test suite (offline, CPU, not slow)
 	$(PY) -m pytest -m "not slow" $(ARGS)
