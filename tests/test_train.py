@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import wandb
+from lightning.pytorch import Callback
 from omegaconf import open_dict
 
 from src.models.module import AnomalyAutoEncoder
@@ -148,3 +150,27 @@ def test_cli_trains_on_emnist_files_in_data_root(tmp_path: Path, fake_emnist) ->
     saved = json.loads(metrics.read_text())
     assert saved["data"]["dataset"] == "emnist" and saved["model"]["n_layers"] == 6
     assert 0.0 <= saved["test/auroc"] <= 1.0
+
+
+class _GradNormAfterClipping(Callback):
+    """Grads seen just before they are zeroed: after Lightning's clipping and the optimizer step."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_before_zero_grad(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads:
+            self.norms.append(float(torch.nn.utils.get_total_norm(grads)))
+
+
+def test_gradient_clip_val_bounds_the_applied_gradients(make_cfg) -> None:
+    cfg = make_cfg("trainer.gradient_clip_val=0.05")
+    with open_dict(cfg):
+        cfg.callbacks.seen = {"_target_": "tests.test_train._GradNormAfterClipping"}
+    _, objects = train(cfg)
+    [seen] = [c for c in objects["trainer"].callbacks if isinstance(c, _GradNormAfterClipping)]
+    g_norm = _csv_metric(cfg.paths.output_dir, "train/g_norm")
+    assert min(g_norm) > 0.05  # the raw norms exceed the clip value ...
+    assert len(seen.norms) == len(g_norm) - 1
+    assert max(seen.norms) <= 0.05 * 1.001  # ... and the applied ones do not

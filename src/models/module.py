@@ -4,7 +4,6 @@ import math
 
 import torch
 from lightning.pytorch import LightningModule
-from torchmetrics import MeanMetric
 
 from src.metrics import AnomalyMetrics
 from src.models.components.autoencoder import AutoEncoder
@@ -98,7 +97,9 @@ class AnomalyAutoEncoder(LightningModule):
         check_model_settings(input_dim, n_layers, hidden_dim, latent_dim, block, beta, lr, weight_decay)
         self.save_hyperparameters()
         self.net = AutoEncoder(input_dim, latent_dim, hidden_dim, n_layers, residual, variational, block)
-        self.train_epoch_loss = MeanMetric()
+        # sum and count of this epoch's training loss, accumulated on-device without host syncs
+        self.register_buffer("epoch_loss_sum", torch.zeros(()), persistent=False)
+        self.register_buffer("epoch_loss_n", torch.zeros(()), persistent=False)
         # running max of train/g_norm; a buffer so it follows the device, never syncs to the host
         # and survives a resume
         self.register_buffer("g_norm_max", torch.zeros(()))
@@ -118,13 +119,15 @@ class AnomalyAutoEncoder(LightningModule):
         loss = losses["loss"]
         if not math.isfinite(loss.item()):  # stop before a NaN reaches the weights
             raise DivergedError(self.global_step, f"train/loss is {loss.item()}", self.last_finite_g_norm)
-        self.train_epoch_loss.update(loss.detach(), weight=len(x))
+        self.epoch_loss_sum += loss.detach() * len(x)
+        self.epoch_loss_n += len(x)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/epoch_loss", self.train_epoch_loss.compute())
+        self.log("train/epoch_loss", self.epoch_loss_sum / self.epoch_loss_n, sync_dist=True)
         self.log("train/g_norm_max", self.g_norm_max)
-        self.train_epoch_loss.reset()
+        self.epoch_loss_sum.zero_()
+        self.epoch_loss_n.zero_()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called before Lightning clips, so this is the raw norm that clipping then bounds.
@@ -134,7 +137,19 @@ class AnomalyAutoEncoder(LightningModule):
         if not math.isfinite(g_norm.item()):
             raise DivergedError(self.global_step, f"train/g_norm is {g_norm.item()}", self.last_finite_g_norm)
         self.last_finite_g_norm = g_norm.item()
-        torch.maximum(self.g_norm_max, g_norm.detach(), out=self.g_norm_max)
+        self.g_norm = g_norm.detach()
+        torch.maximum(self.g_norm_max, self.g_norm, out=self.g_norm_max)
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Lightning's ``gradient_clip_val`` by norm, reusing the norm computed for ``train/g_norm``
+        instead of computing it a second time."""
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            params = [p for p in self.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, self.g_norm)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def _shared_eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics) -> None:
         x, y = batch
