@@ -36,9 +36,9 @@ bench: $(STAMP) ## Throughput vs a hand-written loop and a naive pipeline (ARGS=
 	$(PY) -m benchmarks.train_speed $(ARGS)
 
 test: $(STAMP) ## Run the default test suite (offline, CPU, not slow)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -m "not slow and not gpu" $(ARGS)
 
-test-full: $(STAMP) ## Run every test, slow ones included
+test-full: $(STAMP) ## Run every test, slow ones included (gpu ones too: run on a machine with CUDA)
 	$(PY) -m pytest $(ARGS)
 
 lint: $(STAMP) ## ruff check and format check

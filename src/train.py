@@ -8,6 +8,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -74,6 +75,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit, test the best-``val/auroc`` checkpoint, and write ``metrics.json`` in the output dir."""
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("float32_matmul_precision"):  # "high" allows TF32 on Ampere+ GPUs
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.check_available()
     model = hydra.utils.instantiate(cfg.model, input_dim=datamodule.input_dim)

@@ -168,3 +168,18 @@ def test_ddp_sim_trains_in_two_processes(tmp_path: Path) -> None:
     assert (tmp_path / "train_ddp_process_1.log").is_file()  # the second process ran
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "completed" and 0 <= metrics["test/auroc"] <= 1
+
+
+def test_report_logs_a_summary_run_to_wandb(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep = tmp_path / "sweep"
+    multirun_cfg = {"task_name": "degradation", "logger": {"wandb": {"project": "p"}},
+                    "hydra": {"sweeper": {"params": {}}, "overrides": {"task": []}}}  # fmt: skip
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(multirun_cfg))
+    for n in (1, 2):
+        _job(sweep, f"ae{n}", [f"model.n_layers={n}"], _metrics("ae", n, 0, 0.5 + n / 10, 3.0))
+    assert report_main([str(sweep), "--wandb"]) == 0
+    [run_file] = sweep.glob("wandb/offline-run-*/*.wandb")
+    content = run_file.read_bytes()
+    assert b"degradation-sweep" in content and b"auroc_vs_depth" in content and b"results" in content

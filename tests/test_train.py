@@ -174,3 +174,10 @@ def test_gradient_clip_val_bounds_the_applied_gradients(make_cfg) -> None:
     assert min(g_norm) > 0.05  # the raw norms exceed the clip value ...
     assert len(seen.norms) == len(g_norm) - 1
     assert max(seen.norms) <= 0.05 * 1.001  # ... and the applied ones do not
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_data_lives_on_the_device(make_cfg) -> None:
+    _, objects = train(make_cfg("trainer=gpu", "trainer.max_epochs=1"))
+    assert objects["datamodule"].data_train.x.device.type == "cuda"
+    assert objects["datamodule"].data_train.x.dtype == torch.uint8

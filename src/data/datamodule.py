@@ -33,8 +33,12 @@ class InMemoryBatches(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[i].float().div_(255), self.y[i]
 
+    def to(self, device: torch.device) -> "InMemoryBatches":
+        self.x, self.y = self.x.to(device), self.y.to(device)
+        return self
+
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices)
+        idx = torch.as_tensor(indices, device=self.x.device)
         return self.x[idx].float().div_(255), self.y[idx]  # (B, D) float32, (B,) int64
 
 
@@ -182,9 +186,16 @@ class OneClassDataModule(LightningDataModule):
         )
         is_anom_train = torch.isin(src.y_train, torch.as_tensor(self.anomaly_classes)).long()
         is_anom_test = torch.isin(src.y_test, torch.as_tensor(self.anomaly_classes)).long()
-        self.data_train = InMemoryBatches(src.x_train[idx.train], is_anom_train[idx.train])
-        self.data_val = InMemoryBatches(src.x_train[idx.val], is_anom_train[idx.val])
-        self.data_test = InMemoryBatches(src.x_test[idx.test], is_anom_test[idx.test])
+        device = self._device()  # on a GPU the uint8 data lives there: no host copy per batch
+        self.data_train = InMemoryBatches(src.x_train[idx.train], is_anom_train[idx.train]).to(device)
+        self.data_val = InMemoryBatches(src.x_train[idx.val], is_anom_train[idx.val]).to(device)
+        self.data_test = InMemoryBatches(src.x_test[idx.test], is_anom_test[idx.test]).to(device)
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        if trainer is None or self.hparams.num_workers > 0:  # workers cannot share CUDA tensors
+            return torch.device("cpu")
+        return trainer.strategy.root_device
 
     def _loader(self, data: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         # BatchNorm cannot train on a last batch of one sample: drop it only in that case.
