@@ -9,7 +9,7 @@ ARGS ?=
 .DEFAULT_GOAL := help
 EXP ?= degradation
 DIR ?=
-.PHONY: help install train sweep report bench test test-full lint format clean-logs
+.PHONY: help install train sweep report bench test test-full test-gpu lint format clean-logs
 
 help: ## List every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -38,8 +38,11 @@ bench: $(STAMP) ## Throughput vs a hand-written loop and a naive pipeline (ARGS=
 test: $(STAMP) ## Run the default test suite (offline, CPU, not slow)
 	$(PY) -m pytest -m "not slow and not gpu" $(ARGS)
 
-test-full: $(STAMP) ## Run every test, slow ones included (gpu ones too: run on a machine with CUDA)
-	$(PY) -m pytest $(ARGS)
+test-full: $(STAMP) ## Run every test but the GPU ones, slow ones included
+	$(PY) -m pytest -m "not gpu" $(ARGS)
+
+test-gpu: $(STAMP) ## Run the tests that need a CUDA device
+	$(PY) -m pytest -m gpu $(ARGS)
 
 lint: $(STAMP) ## ruff check and format check
 	$(VENV)/bin/ruff check .
