@@ -104,6 +104,7 @@ class AnomalyAutoEncoder(LightningModule):
         # and survives a resume
         self.register_buffer("g_norm_max", torch.zeros(()))
         self.last_finite_g_norm: float | None = None
+        self.g_norm: torch.Tensor | None = None  # this step's norm, reused by the clipping
         self.val_metrics = AnomalyMetrics()
         self.test_metrics = AnomalyMetrics()
 
@@ -117,8 +118,8 @@ class AnomalyAutoEncoder(LightningModule):
         losses = autoencoder_loss(x, out.x_hat, out.mu, out.logvar, self.hparams.beta)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False)
         loss = losses["loss"]
-        if not math.isfinite(loss.item()):  # stop before a NaN reaches the weights
-            raise DivergedError(self.global_step, f"train/loss is {loss.item()}", self.last_finite_g_norm)
+        if not math.isfinite(value := loss.item()):  # stop before a NaN reaches the weights
+            raise DivergedError(self.global_step, f"train/loss is {value}", self.last_finite_g_norm)
         self.epoch_loss_sum += loss.detach() * len(x)
         self.epoch_loss_n += len(x)
         return loss
@@ -134,9 +135,9 @@ class AnomalyAutoEncoder(LightningModule):
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         g_norm = torch.nn.utils.get_total_norm(grads)
         self.log("train/g_norm", g_norm, prog_bar=True)
-        if not math.isfinite(g_norm.item()):
-            raise DivergedError(self.global_step, f"train/g_norm is {g_norm.item()}", self.last_finite_g_norm)
-        self.last_finite_g_norm = g_norm.item()
+        if not math.isfinite(value := g_norm.item()):
+            raise DivergedError(self.global_step, f"train/g_norm is {value}", self.last_finite_g_norm)
+        self.last_finite_g_norm = value
         self.g_norm = g_norm.detach()
         torch.maximum(self.g_norm_max, self.g_norm, out=self.g_norm_max)
 
