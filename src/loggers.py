@@ -19,6 +19,26 @@ log = logging.getLogger(__name__)
 SUMMARY_KEYS = ("train/loss", "val/auroc", "test/auroc", "test/auprc", "train/g_norm_max")
 
 
+class ResilientWandbLogger(WandbLogger):
+    """Lightning's ``WandbLogger``, except that a failure to log (network gone, service error) is a
+    warning, not the end of the run: the run goes on and its results still reach ``metrics.json``."""
+
+    def _guard(self, what: str, fn, *args, **kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception as err:
+            if not getattr(self, "_warned", False):
+                log.warning("W&B failed to %s (%s: %s); training goes on, results stay on disk.",
+                            what, type(err).__name__, err)  # fmt: skip
+                self._warned = True
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self._guard("log metrics", super().log_metrics, metrics, step)
+
+    def log_hyperparams(self, params) -> None:
+        self._guard("log the config", super().log_hyperparams, params)
+
+
 def wandb_credentials_found() -> bool:
     """True when W&B has an API key from the environment or ``~/.netrc`` (``wandb login``)."""
     if os.environ.get("WANDB_API_KEY"):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import wandb
 
 from src.data.datamodule import OneClassDataModule
 from src.data.sources import CorruptDataError
@@ -209,3 +210,24 @@ def test_a_40_job_sweep_with_faults_accounts_for_every_job(tmp_path: Path) -> No
     assert (second.stdout + second.stderr).count("Already completed, skipping") == 22
     report = (sweep / "report.md").read_text()
     assert "40 jobs expected, 40 started: 39 completed, 1 diverged; 0 missing" in report
+
+
+def test_wandb_failing_mid_run_costs_nothing(make_cfg, monkeypatch, caplog) -> None:
+    cfg = make_cfg("logger=wandb", "trainer.max_epochs=2")
+    calls = {"n": 0}
+    original = wandb.sdk.wandb_run.Run.log
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 5:  # the network goes away after a few steps
+            raise ConnectionError("network is unreachable")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", flaky)
+    try:
+        record, _ = train(cfg)
+    finally:
+        wandb.finish()
+    assert calls["n"] > 5 and record["status"] == "completed"
+    assert metrics(Path(cfg.paths.output_dir))["test/auroc"] == record["test/auroc"]
+    assert "W&B failed to log metrics (ConnectionError: network is unreachable)" in caplog.text
