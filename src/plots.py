@@ -2,24 +2,24 @@
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib import rcParams
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+# Figures are built without pyplot, so no GUI backend is ever selected or needed.
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def versus_depth(df: pd.DataFrame, value: str, ylabel: str, title: str, path: Path) -> Path:
     """Mean over seeds per model and depth, with standard deviations as error bars."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
     for model, group in df.groupby("model"):
         stats = group.groupby("n_layers")[value].agg(["mean", "std"]).fillna({"std": 0.0})
         ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=model)
@@ -33,10 +33,12 @@ def versus_depth(df: pd.DataFrame, value: str, ylabel: str, title: str, path: Pa
 def by_class(df: pd.DataFrame, path: Path) -> Path:
     """Test AUROC per held-out class, one bar per model."""
     table = df.pivot_table(index="anomaly_class", columns="model", values="test_auroc", aggfunc="mean")
-    ax = table.plot.bar(figsize=(7, 4), rot=0)
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    table.plot.bar(ax=ax, rot=0)
     ax.set(xlabel="held-out class", ylabel="test AUROC", title="AUROC per held-out class", ylim=(0, 1))
     ax.grid(alpha=0.3, axis="y")
-    return _save(ax.figure, path)
+    return _save(fig, path)
 
 
 def history(job_dir: Path) -> pd.DataFrame | None:
@@ -52,9 +54,10 @@ def history(job_dir: Path) -> pd.DataFrame | None:
 
 def g_norm_over_steps(sweep_dir: Path, df: pd.DataFrame, path: Path) -> Path | None:
     """``train/g_norm`` (log scale) and ``train/loss`` over steps, coloured by clipping setting."""
-    fig, (ax_g, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_g, ax_l = fig.subplots(1, 2)
     settings = sorted(df.gradient_clip_val.astype(str).unique())
-    colors = dict(zip(settings, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    colors = dict(zip(settings, rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     drawn = set()
     for row in df.itertuples():
         steps = history(sweep_dir / row.job)
@@ -66,7 +69,6 @@ def g_norm_over_steps(sweep_dir: Path, df: pd.DataFrame, path: Path) -> Path | N
         ax_g.plot(steps["step"], steps["train/g_norm"], color=colors[clip], alpha=0.6, lw=0.8, label=label)
         ax_l.plot(steps["step"], steps["train/loss"], color=colors[clip], alpha=0.6, lw=0.8, label=label)
     if not drawn:
-        plt.close(fig)
         return None
     ax_g.set(yscale="log", xlabel="step", ylabel="train/g_norm (before clipping)", title="Gradient norm")
     ax_l.set(yscale="log", xlabel="step", ylabel="train/loss", title="Training loss")
