@@ -56,14 +56,14 @@ def g_norm_over_steps(sweep_dir: Path, df: pd.DataFrame, path: Path) -> Path | N
     """``train/g_norm`` (log scale) and ``train/loss`` over steps, coloured by clipping setting."""
     fig = Figure(figsize=(11, 4))
     ax_g, ax_l = fig.subplots(1, 2)
-    settings = sorted(df.gradient_clip_val.astype(str).unique())
+    settings = sorted(df.gradient_clip_val.unique())
     colors = dict(zip(settings, rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     drawn = set()
     for row in df.itertuples():
         steps = history(sweep_dir / row.job)
         if steps is None:
             continue
-        clip = str(row.gradient_clip_val)
+        clip = row.gradient_clip_val
         label = None if clip in drawn else f"gradient_clip_val={clip}"
         drawn.add(clip)
         ax_g.plot(steps["step"], steps["train/g_norm"], color=colors[clip], alpha=0.6, lw=0.8, label=label)
@@ -101,6 +101,6 @@ def make_all(sweep_dir: Path, df: pd.DataFrame) -> list[Path]:
             )
     if done.anomaly_class.nunique() > 1:
         out.append(by_class(done, sweep_dir / "auroc_by_class.png"))
-    if df.gradient_clip_val.astype(str).nunique() > 1:
+    if df.gradient_clip_val.nunique() > 1:
         out.append(g_norm_over_steps(sweep_dir, df, sweep_dir / "g_norm_over_steps.png"))
     return [p for p in out if p is not None]

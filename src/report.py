@@ -106,7 +106,10 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     rows = [job_row(d, sweep_dir) for d in job_dirs]
     found = {frozenset(OmegaConf.load(d / ".hydra" / "overrides.yaml")) for d in job_dirs}
     missing = [",".join(sorted(j)) for j in expected_jobs(sweep_dir) or [] if j not in found]
-    return pd.DataFrame(rows).reindex(columns=COLUMNS), missing
+    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    # a label, not a number: null (no clipping) must stay a value of its own
+    df["gradient_clip_val"] = df.gradient_clip_val.map(lambda v: "null" if pd.isna(v) else f"{v:g}")
+    return df, missing
 
 
 def _cell(values: pd.Series, n_diverged: int = 0) -> str:
@@ -170,7 +173,7 @@ def published_table(df: pd.DataFrame) -> str:
 
 
 def varies(df: pd.DataFrame, column: str) -> bool:
-    return df[column].astype(str).nunique() > 1
+    return df[column].map(str).nunique() > 1
 
 
 def render(sweep_dir: Path, df: pd.DataFrame, missing: list[str], images: list[str]) -> str:
