@@ -97,7 +97,7 @@ def test_the_split_follows_data_seed_not_the_training_seed() -> None:
 
 
 def test_a_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
-    args = [*ONE_JOB, "logger=csv", "trainer.max_epochs=4"]
+    args = [*ONE_JOB, "logger=csv", "trainer.max_epochs=3"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert cli(*args, f"hydra.run.dir={full}").returncode == 0
     fault = ["+callbacks.fault._target_=tests.faults.KillOnce", "+callbacks.fault.step=40",
@@ -119,7 +119,7 @@ def test_ckpt_path_last_without_a_checkpoint_is_a_clear_error(tmp_path: Path) ->
 
 @pytest.mark.parametrize("signum", [2, 15])  # SIGINT (Ctrl-C), SIGTERM (preemption)
 def test_an_interrupted_run_saves_a_checkpoint_and_resumes(tmp_path: Path, signum: int) -> None:
-    args = [*ONE_JOB, "logger=csv", "trainer.max_epochs=3", f"hydra.run.dir={tmp_path}",
+    args = [*ONE_JOB, "logger=csv", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}",
             "+callbacks.fault._target_=tests.faults.SignalAtStep", "+callbacks.fault.step=20",
             f"+callbacks.fault.signum={signum}",
             f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
