@@ -48,8 +48,8 @@ def resume_path(cfg: DictConfig) -> str | None:
     return ckpt
 
 
-def _fit_and_test(cfg, trainer, model, datamodule) -> dict[str, Any]:
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path(cfg), weights_only=False)
+def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str, Any]:
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     fit_metrics = dict(trainer.callback_metrics)
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None else ""
@@ -79,6 +79,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.check_available()
+    ckpt_path = resume_path(cfg)
     model = hydra.utils.instantiate(cfg.model, input_dim=datamodule.input_dim)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_loggers(cfg))
@@ -87,7 +88,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     save = lambda results: _save_record(cfg, trainer, model, time.perf_counter() - start, results)  # noqa: E731
     try:
-        record = save(_fit_and_test(cfg, trainer, model, datamodule))
+        record = save(_fit_and_test(trainer, model, datamodule, ckpt_path))
     except DivergedError as err:
         ckpt = trainer.checkpoint_callback
         save({

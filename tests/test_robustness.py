@@ -115,6 +115,7 @@ def test_ckpt_path_last_without_a_checkpoint_is_a_clear_error(tmp_path: Path) ->
     proc = cli(*ONE_JOB, "ckpt_path=last", "logger=csv", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
     assert "ckpt_path=last but" in proc.stdout + proc.stderr
+    assert not (tmp_path / "metrics.json").exists()  # a bad setting, not a failed run
 
 
 @pytest.mark.parametrize("signum", [2, 15])  # SIGINT (Ctrl-C), SIGTERM (preemption)
