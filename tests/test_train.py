@@ -181,3 +181,9 @@ def test_on_a_gpu_the_data_lives_on_the_device(make_cfg) -> None:
     _, objects = train(make_cfg("trainer=gpu", "trainer.max_epochs=1"))
     assert objects["datamodule"].data_train.x.device.type == "cuda"
     assert objects["datamodule"].data_train.x.dtype == torch.uint8
+
+
+def test_logger_none_trains_with_no_logger(make_cfg) -> None:
+    metrics, objects = train(make_cfg("logger=none"))
+    assert objects["trainer"].loggers == [] and metrics["status"] == "completed"
+    assert not (Path(objects["trainer"].default_root_dir) / "csv").exists()
