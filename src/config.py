@@ -42,6 +42,11 @@ class DataConfig:
     num_workers: int = 0
 
 
+DATA_CHECKED = ("dataset", "split", "anomaly_class", "anomaly_ratio", "val_fraction", "batch_size",
+                "eval_batch_size")  # fmt: skip
+MODEL_CHECKED = ("n_layers", "hidden_dim", "latent_dim", "block", "beta", "lr", "weight_decay")
+
+
 class ConfigError(ValueError):
     """One or more settings are out of range; the message names each and how to fix it."""
 
@@ -83,8 +88,3 @@ def check_config(cfg: DictConfig) -> None:
         )
     if problems:
         raise ConfigError("Invalid configuration, nothing was run: " + " ".join(problems))
-
-
-DATA_CHECKED = ("dataset", "split", "anomaly_class", "anomaly_ratio", "val_fraction", "batch_size",
-                "eval_batch_size")  # fmt: skip
-MODEL_CHECKED = ("n_layers", "hidden_dim", "latent_dim", "block", "beta", "lr", "weight_decay")

@@ -16,7 +16,7 @@ from src.data.sources import (
     not_found,
     raw_files,
 )
-from src.data.splits import one_class_split
+from src.data.splits import anomaly_mask, one_class_split
 
 AnomalyClass = int | str | Sequence[int | str]
 
@@ -184,8 +184,8 @@ class OneClassDataModule(LightningDataModule):
         idx = one_class_split(
             src.y_train, src.y_test, self.anomaly_classes, hp.anomaly_ratio, hp.val_fraction, hp.seed
         )
-        is_anom_train = torch.isin(src.y_train, torch.as_tensor(self.anomaly_classes)).long()
-        is_anom_test = torch.isin(src.y_test, torch.as_tensor(self.anomaly_classes)).long()
+        is_anom_train = anomaly_mask(src.y_train, self.anomaly_classes).long()
+        is_anom_test = anomaly_mask(src.y_test, self.anomaly_classes).long()
         device = self._device()  # on a GPU the uint8 data lives there: no host copy per batch
         self.data_train = InMemoryBatches(src.x_train[idx.train], is_anom_train[idx.train]).to(device)
         self.data_val = InMemoryBatches(src.x_train[idx.val], is_anom_train[idx.val]).to(device)
