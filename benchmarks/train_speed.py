@@ -146,6 +146,16 @@ def median(fn, repeats: int) -> float:
     return statistics.median(fn() for _ in range(repeats))
 
 
+def interleaved_medians(fns: list, repeats: int) -> list[float]:
+    """Median of each timing, the timings taking turns so that a slow spell of a shared machine
+    falls on all of them rather than on whichever happened to run then."""
+    samples = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, samples, strict=True):
+            out.append(fn())
+    return [statistics.median(s) for s in samples]
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-train", type=int, default=200_000)
@@ -169,13 +179,14 @@ def main(argv: list[str] | None = None) -> dict:
         rows = []
         for n_layers in args.n_layers:
             for batch in args.batch_sizes:
-                ref = median(
-                    partial(reference_loop, x_train, n_layers, batch, args.steps, args.warmup), args.repeats
+                ref, fw, nv = interleaved_medians(
+                    [
+                        partial(reference_loop, x_train, n_layers, batch, args.steps, args.warmup),
+                        partial(framework, dm, n_layers, batch, args.steps, args.warmup, tmp),
+                        partial(naive, root, n_layers, batch, args.naive_steps, 2),
+                    ],
+                    args.repeats,
                 )
-                fw = median(
-                    partial(framework, dm, n_layers, batch, args.steps, args.warmup, tmp), args.repeats
-                )
-                nv = median(partial(naive, root, n_layers, batch, args.naive_steps, 2), args.repeats)
                 rows.append({"n_layers": n_layers, "batch_size": batch, "reference_sps": ref,
                              "framework_sps": fw, "naive_sps": nv, "framework_over_reference": fw / ref,
                              "framework_over_naive": fw / nv})  # fmt: skip

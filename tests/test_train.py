@@ -54,6 +54,16 @@ def test_g_norm_is_logged_every_step_before_clipping(make_cfg) -> None:
     assert len(_csv_metric(cfg.paths.output_dir, "train/loss")) == len(g_norm)
 
 
+def test_step_metrics_follow_log_every_n_steps_like_self_log(make_cfg) -> None:
+    cfg = make_cfg("trainer.log_every_n_steps=3")
+    _, objects = train(cfg)
+    with open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/g_norm")]
+    # Lightning's convention for on-step values: step s is written when (s + 1) % n == 0
+    assert [int(r["step"]) for r in rows] == [s for s in range(objects["trainer"].global_step) if s % 3 == 2]
+    assert all(r["train/loss"] and r["epoch"] for r in rows)
+
+
 def test_clipping_can_be_turned_off(make_cfg) -> None:
     _, objects = train(make_cfg("trainer.gradient_clip_val=null"))
     assert objects["trainer"].gradient_clip_val is None
