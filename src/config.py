@@ -24,6 +24,7 @@ class ModelConfig:
     beta: float = 1.0
     lr: float = 1e-3
     weight_decay: float = 0.0
+    compile: bool = False
 
 
 @dataclass

@@ -4,6 +4,7 @@ import torch
 from src.models.components.autoencoder import AutoEncoder
 from src.models.components.backbone import OriginalBlock, PreActBlock, ResidualMLP
 from src.models.components.loss import autoencoder_loss, gaussian_kl, reconstruction_error
+from src.models.module import AnomalyAutoEncoder
 
 VARIANTS = {  # name: (residual, variational)
     "ae": (False, False),
@@ -129,3 +130,25 @@ def test_vae_score_is_deterministic_and_decodes_the_mean() -> None:
 def test_unknown_block_is_rejected() -> None:
     with pytest.raises(ValueError, match="block"):
         ResidualMLP(4, 4, 8, 2, block="bottleneck")
+
+
+def test_losses_are_float32_under_bf16_autocast() -> None:
+    model = AutoEncoder(20, 4, 16, 2, variational=True)
+    x = torch.rand(8, 20)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        losses = autoencoder_loss(x, out.x_hat, out.mu, out.logvar)
+    assert out.x_hat.dtype == torch.bfloat16  # the network did run in bf16 ...
+    assert {v.dtype for v in losses.values()} == {torch.float32}  # ... the sums did not
+
+
+def test_a_compiled_model_keeps_its_checkpoint_keys() -> None:
+    compiled = AnomalyAutoEncoder(20, n_layers=2, hidden_dim=16, latent_dim=4, compile=True)
+    eager = AnomalyAutoEncoder(20, n_layers=2, hidden_dim=16, latent_dim=4)
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    eager.load_state_dict(compiled.state_dict())
+
+
+def test_the_optimizer_is_fused_adam_on_cpu() -> None:
+    opt = AnomalyAutoEncoder(20, n_layers=2, hidden_dim=16, latent_dim=4).configure_optimizers()
+    assert isinstance(opt, torch.optim.Adam) and opt.defaults["fused"] is True

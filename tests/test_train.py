@@ -197,3 +197,27 @@ def test_logger_none_trains_with_no_logger(make_cfg) -> None:
     metrics, objects = train(make_cfg("logger=none"))
     assert objects["trainer"].loggers == [] and metrics["status"] == "completed"
     assert not (Path(objects["trainer"].default_root_dir) / "csv").exists()
+
+
+def _epoch_losses(make_cfg, tmp_path: Path, name: str, *overrides: str) -> list[float]:
+    cfg = make_cfg("trainer.max_epochs=4", "seed=0", *overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / name)
+    train(cfg)
+    return _csv_metric(cfg.paths.output_dir, "train/epoch_loss")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["model.compile=true", "trainer.precision=bf16-mixed"])
+def test_speed_options_keep_the_loss_curve(make_cfg, tmp_path: Path, option: str) -> None:
+    eager = _epoch_losses(make_cfg, tmp_path, "eager")
+    other_seed = _epoch_losses(make_cfg, tmp_path, "seed1", "seed=1")
+    fast = _epoch_losses(make_cfg, tmp_path, "fast", option)
+    assert len(fast) == len(eager) == 4
+    # the option moves the curve no further than changing the seed does (plus float rounding)
+    noise = max(abs(a - b) for a, b in zip(eager, other_seed, strict=True))
+    assert max(abs(a - b) for a, b in zip(eager, fast, strict=True)) <= noise + 1e-3 * eager[-1], (
+        eager,
+        fast,
+        other_seed,
+    )
