@@ -41,6 +41,7 @@ class DataConfig:
     seed: int = 0
     download: bool = False
     num_workers: int = 0
+    cache: bool = True
 
 
 DATA_CHECKED = ("dataset", "split", "anomaly_class", "anomaly_ratio", "val_fraction", "batch_size",

@@ -1,13 +1,14 @@
 from pathlib import Path
 from urllib.error import URLError
 
+import numpy as np
 import pytest
 import torch
 
 from src.data.datamodule import OneClassDataModule, resolve_anomaly_classes
-from src.data.sources import DatasetNotFoundError, class_names
+from src.data.sources import CachedImages, CacheWriteError, DatasetNotFoundError, class_names, load_source
 from src.data.splits import mix, one_class_split
-from tests.idx import write_fake_mnist
+from tests.idx import write_fake_emnist, write_fake_mnist
 
 
 def emnist_dm(root: Path, **kwargs) -> OneClassDataModule:
@@ -132,3 +133,53 @@ def test_digits_are_64_dimensional_and_offline() -> None:
     assert dm.input_dim == 64 and x.shape[1] == 64
     assert set(y.tolist()) == {0, 1}
     assert dm.data_train.y.sum() == 0
+
+
+def _splits(dm: OneClassDataModule) -> list[torch.Tensor]:
+    return [t for ds in (dm.data_train, dm.data_val, dm.data_test) for t in (ds.x, ds.y)]
+
+
+def test_a_cached_decode_gives_the_same_splits_as_a_fresh_one(tmp_path: Path) -> None:
+    write_fake_emnist(tmp_path, "byclass", n_classes=62, per_class=(20, 6))
+    fresh = emnist_dm(tmp_path, cache=False)
+    assert not (tmp_path / "EMNIST" / "decoded").exists()
+    first = emnist_dm(tmp_path)  # decodes and writes the cache
+    written = sorted(p.name for p in (tmp_path / "EMNIST" / "decoded").iterdir())
+    assert len(written) == 4 and all(n.startswith("byclass-") for n in written)
+    cached = emnist_dm(tmp_path)  # reads only the kept rows from the cache
+    assert isinstance(load_source("emnist", tmp_path, "byclass", False, cache=True).x_train, CachedImages)
+    for a, b, c in zip(_splits(fresh), _splits(first), _splits(cached), strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_replaced_raw_files_invalidate_the_cache(tmp_path: Path) -> None:
+    write_fake_emnist(tmp_path, "byclass", n_classes=62, per_class=(20, 6), seed=0)
+    old = emnist_dm(tmp_path)
+    [old_cache] = (tmp_path / "EMNIST" / "decoded").glob("*-x_train.npy")
+    raw = write_fake_emnist(tmp_path, "byclass", n_classes=62, per_class=(20, 6), seed=1)
+    new = emnist_dm(tmp_path)
+    assert not old_cache.exists() and len(list((tmp_path / "EMNIST" / "decoded").iterdir())) == 4
+    assert not torch.equal(old.data_train.x, new.data_train.x)
+    upright = {bytes(img.reshape(-1)) for img in raw["train"][0]}
+    assert all(bytes(r.numpy()) in upright for r in new.data_train.x)
+
+
+def test_cached_images_return_any_rows_in_the_order_asked(tmp_path: Path, monkeypatch) -> None:
+    x = torch.randint(0, 256, (1000, 12), dtype=torch.uint8)
+    np.save(tmp_path / "x.npy", x.numpy())
+    monkeypatch.setattr(CachedImages, "BLOCK_BYTES", 12 * 64)  # 16 blocks
+    images = CachedImages(tmp_path / "x.npy")
+    rows = torch.cat([torch.randperm(1000)[:700], torch.tensor([5, 5, 999, 0])])
+    assert len(images) == 1000 and torch.equal(images[rows], x[rows])
+    assert torch.equal(images[torch.arange(1000)], x)
+
+
+def test_an_unwritable_cache_is_a_clear_error_that_loses_nothing(tmp_path: Path) -> None:
+    write_fake_emnist(tmp_path, "byclass", n_classes=62, per_class=(20, 6))
+    raw = {p: p.read_bytes() for p in (tmp_path / "EMNIST" / "raw").iterdir()}
+    (tmp_path / "EMNIST" / "decoded").write_text("a file where the cache folder should be")
+    with pytest.raises(CacheWriteError) as err:
+        emnist_dm(tmp_path)
+    assert "data.cache=false" in str(err.value) and "EMNIST/decoded" in str(err.value)
+    assert {p: p.read_bytes() for p in raw} == raw
+    assert len(emnist_dm(tmp_path, cache=False).data_train) > 0  # the fix named in the error works

@@ -130,6 +130,9 @@ class OneClassDataModule(LightningDataModule):
         batch_size: training batch size; evaluation uses ``eval_batch_size``.
         seed: seeds the split, independently of the training seed.
         download: let torchvision download missing files.
+        num_workers: DataLoader workers; 0 (the default) is fastest for in-memory data.
+        cache: keep a decoded copy next to the raw files and read later runs from it (see
+            ``src.data.sources``); ``False`` decodes the raw files every run.
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class OneClassDataModule(LightningDataModule):
         seed: int = 0,
         download: bool = False,
         num_workers: int = 0,
+        cache: bool = True,
     ) -> None:
         super().__init__()
         self.anomaly_classes = check_data_settings(
@@ -170,7 +174,7 @@ class OneClassDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.hparams.download and self.hparams.dataset != "digits":
-            load_source(self.hparams.dataset, self._root, self.hparams.split, download=True)
+            load_source(self.hparams.dataset, self._root, self.hparams.split, True, self.hparams.cache)
 
     @property
     def _root(self) -> Path:
@@ -180,7 +184,7 @@ class OneClassDataModule(LightningDataModule):
         if self.data_train is not None:
             return
         hp = self.hparams
-        src = load_source(hp.dataset, self._root, hp.split, download=False)
+        src = load_source(hp.dataset, self._root, hp.split, download=False, cache=hp.cache)
         idx = one_class_split(
             src.y_train, src.y_test, self.anomaly_classes, hp.anomaly_ratio, hp.val_fraction, hp.seed
         )

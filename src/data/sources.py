@@ -1,5 +1,12 @@
-"""Decode a dataset once into flat uint8 tensors: ``(N, H*W)`` images in upright row-major order."""
+"""Decode a dataset once into flat uint8 tensors: ``(N, H*W)`` images in upright row-major order.
 
+Decoding EMNIST byclass through torchvision takes seconds and briefly needs twice its 550 MB; a sweep
+repeats it in every job. So the first decode is also written to ``<root>/<Dataset>/decoded/`` as
+``.npy`` files, and later runs read from there only the rows their split keeps (``CachedImages``).
+"""
+
+import hashlib
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -8,10 +15,52 @@ import torch
 from torchvision import datasets
 
 
+class CachedImages:
+    """``(N, D)`` uint8 images in a ``.npy`` file, read only when indexed by rows.
+
+    ``images[rows]`` streams the file in blocks and keeps the requested rows, in the requested order:
+    memory holds the result and one block, never the whole array.
+    """
+
+    BLOCK_BYTES = 64 * 2**20
+
+    def __init__(self, path: Path) -> None:
+        header = np.load(path, mmap_mode="r")  # reads the header only
+        self.path, self.shape, self.offset = path, header.shape, header.offset
+        if header.dtype != np.uint8 or header.ndim != 2:
+            raise _corrupt(path, f"a cached {header.dtype} array of shape {header.shape}, not (N, D) uint8")
+        del header
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        rows = torch.as_tensor(rows, dtype=torch.int64)
+        n, d = self.shape
+        wanted, order = rows.sort(stable=True)
+        in_order = torch.equal(order, torch.arange(len(rows)))  # splits are sorted: gather in place
+        out = torch.empty((len(rows), d), dtype=torch.uint8)
+        block = max(1, self.BLOCK_BYTES // d)
+        buf = torch.empty((block, d), dtype=torch.uint8)
+        with self.path.open("rb") as f:
+            for start in range(0, n, block):
+                lo, hi = torch.searchsorted(wanted, torch.tensor([start, start + block])).tolist()
+                if lo == hi:
+                    continue
+                f.seek(self.offset + start * d)
+                count = min(block, n - start)
+                f.readinto(buf[:count].numpy())
+                if in_order:
+                    torch.index_select(buf, 0, wanted[lo:hi] - start, out=out[lo:hi])
+                else:
+                    out.index_copy_(0, order[lo:hi], buf.index_select(0, wanted[lo:hi] - start))
+        return out
+
+
 class Source(NamedTuple):
-    x_train: torch.Tensor  # (N, D) uint8
+    x_train: "torch.Tensor | CachedImages"  # (N, D) uint8
     y_train: torch.Tensor  # (N,) int64 class labels
-    x_test: torch.Tensor  # (M, D) uint8
+    x_test: "torch.Tensor | CachedImages"  # (M, D) uint8
     y_test: torch.Tensor  # (M,) int64
 
 
@@ -144,7 +193,59 @@ def load_digits() -> Source:
     )
 
 
-def load_source(dataset: str, root: str | Path, split: str, download: bool) -> Source:
+class CacheWriteError(OSError):
+    """The decoded cache could not be written next to the raw files."""
+
+
+def cache_paths(dataset: str, root: str | Path, split: str) -> dict[str, Path]:
+    """Where the decode of these raw files is cached. The name carries a digest of the raw files'
+    sizes and modification times, so replacing them invalidates the cache."""
+    files = raw_files(dataset, root, split)
+    stamp = "".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in files)
+    digest = hashlib.sha1(stamp.encode()).hexdigest()[:12]
+    folder = Path(root) / TORCHVISION[dataset].__name__ / "decoded"
+    return {k: folder / f"{split}-{digest}-{k}.npy" for k in Source._fields}
+
+
+def _write_cache(src: Source, paths: dict[str, Path]) -> None:
+    folder = next(iter(paths.values())).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, path in paths.items():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # parallel jobs: last replace wins
+            with tmp.open("wb") as f:
+                np.save(f, getattr(src, key).numpy())
+            os.replace(tmp, path)
+    except OSError as err:
+        raise CacheWriteError(
+            f"Could not write the decoded-data cache to {folder} ({err}). Fix: make that folder "
+            "writable, or point data.root at a writable copy, or set data.cache=false to decode the raw "
+            "files on every run instead. The raw files are untouched."
+        ) from err
+    split = paths["x_train"].name.split("-")[0]
+    for old in folder.glob(f"{split}-*.npy"):  # decodes of raw files that have since been replaced
+        if old not in paths.values():
+            old.unlink(missing_ok=True)
+
+
+def load_cached(dataset: str, root: str | Path, split: str) -> Source:
+    """``load_torchvision``, read from the decoded cache when there is one, written to it when not."""
+    check_raw_files(dataset, root, split)
+    paths = cache_paths(dataset, root, split)
+    if not all(p.is_file() for p in paths.values()):
+        src = load_torchvision(dataset, root, split, download=False)
+        _write_cache(src, paths)
+        return src
+    labels = {k: torch.from_numpy(np.load(paths[k])).long() for k in ("y_train", "y_test")}
+    return Source(
+        CachedImages(paths["x_train"]), labels["y_train"], CachedImages(paths["x_test"]), labels["y_test"]
+    )
+
+
+def load_source(dataset: str, root: str | Path, split: str, download: bool, cache: bool = False) -> Source:
+    """Decode ``dataset``; with ``cache``, through the decoded cache (see the module docstring)."""
     if dataset == "digits":
         return load_digits()
+    if cache and all(p.is_file() for p in raw_files(dataset, root, split)):
+        return load_cached(dataset, root, split)
     return load_torchvision(dataset, root, split, download)
