@@ -9,7 +9,8 @@ torchvision's raw format:
 
 1. reference: a plain PyTorch loop over the in-memory uint8 tensor (on the GPU, if one is used);
 2. framework: the real ``OneClassDataModule`` + ``AnomalyAutoEncoder`` + Lightning ``Trainer``, logging
-   ``train/loss`` and ``train/g_norm`` every step to CSV;
+   ``train/loss`` and ``train/g_norm`` every step to CSV, with the progress bar of
+   ``conf/callbacks/default.yaml`` (on stderr);
 3. naive: ``torchvision.datasets.EMNIST`` with ``ToTensor()`` and a ``DataLoader``, each batch copied
    to the device.
 
@@ -33,11 +34,13 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 
+import hydra
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
@@ -47,6 +50,7 @@ from src.models.components.autoencoder import AutoEncoder
 from src.models.components.loss import autoencoder_loss
 from src.models.module import AnomalyAutoEncoder
 
+REPO = Path(__file__).resolve().parents[1]
 N_TEST = 116_323  # EMNIST byclass test split
 N_BYCLASS_TRAIN = 697_932
 CLIP = 10.0
@@ -88,6 +92,7 @@ def make_model(n_layers: int, setup: Setup) -> AutoEncoder:
     model = AutoEncoder(784, latent_dim=16, hidden_dim=256, n_layers=n_layers, residual=True)
     model.to(setup.device)
     if setup.compile:
+        torch.compiler.reset()  # as AnomalyAutoEncoder does: each path compiles afresh
         model.compile()
     return model
 
@@ -163,12 +168,13 @@ def framework(
     model = AnomalyAutoEncoder(784, n_layers=n_layers, hidden_dim=256, latent_dim=16, residual=True,
                                compile=setup.compile)  # fmt: skip
     timer = _Timer(warmup, setup)
+    bar = hydra.utils.instantiate(OmegaConf.load(REPO / "conf/callbacks/default.yaml").progress_bar)
     with tempfile.TemporaryDirectory() as log_dir:
         trainer = L.Trainer(
             accelerator="gpu" if setup.device == "cuda" else "cpu", devices=1, precision=setup.precision,
             max_steps=warmup + steps, gradient_clip_val=CLIP, logger=CSVLogger(log_dir), log_every_n_steps=1,
             limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+            enable_model_summary=False, callbacks=[timer, bar],
         )  # fmt: skip
         trainer.fit(model, datamodule=dm)
     return steps * batch / (timer.t1 - timer.t0), dm.setup_s
@@ -209,12 +215,15 @@ def auroc_time(n: int, device: str) -> float:
 
 
 def interleaved_medians(fns: list, repeats: int) -> list[float]:
-    """Median of each timing, the timings taking turns so that a slow spell of a shared machine
-    falls on all of them rather than on whichever happened to run then."""
+    """Median of each timing. The timings take turns, so that a slow spell of a shared machine falls on
+    all of them, and the order rotates each repeat: a run measured right after another is slower (by up
+    to 15 % here), and that must not always fall on the same path. ``repeats`` a multiple of
+    ``len(fns)`` puts every path in every position equally often."""
     samples = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, out in zip(fns, samples, strict=True):
-            out.append(fn())
+    for r in range(repeats):
+        for i in range(len(fns)):
+            j = (i + r) % len(fns)
+            samples[j].append(fns[j]())
     return [statistics.median(s) for s in samples]
 
 

@@ -12,6 +12,7 @@ import torch
 import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -82,6 +83,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ckpt_path = resume_path(cfg)
     model = hydra.utils.instantiate(cfg.model, input_dim=datamodule.input_dim)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning rejects a bar callback then
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_loggers(cfg))
     for lg in trainer.loggers:
         lg.log_hyperparams(flat_config(cfg))

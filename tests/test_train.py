@@ -9,6 +9,7 @@ import pytest
 import torch
 import wandb
 from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import open_dict
 
 from src.models.module import AnomalyAutoEncoder
@@ -62,6 +63,18 @@ def test_step_metrics_follow_log_every_n_steps_like_self_log(make_cfg) -> None:
     # Lightning's convention for on-step values: step s is written when (s + 1) % n == 0
     assert [int(r["step"]) for r in rows] == [s for s in range(objects["trainer"].global_step) if s % 3 == 2]
     assert all(r["train/loss"] and r["epoch"] for r in rows)
+
+
+def test_the_progress_bar_redraws_every_20_steps_and_can_be_turned_off(make_cfg, tmp_path: Path) -> None:
+    _, objects = train(make_cfg())  # the tests' configs set trainer.enable_progress_bar=false
+    assert objects["trainer"].progress_bar_callback is None
+    cfg = make_cfg()
+    with open_dict(cfg):
+        cfg.trainer.enable_progress_bar = True
+        cfg.paths.output_dir = str(tmp_path / "with_bar")
+    _, objects = train(cfg)
+    assert isinstance(objects["trainer"].progress_bar_callback, TQDMProgressBar)
+    assert objects["trainer"].progress_bar_callback.refresh_rate == 20
 
 
 def test_clipping_can_be_turned_off(make_cfg) -> None:

@@ -106,6 +106,9 @@ class AnomalyAutoEncoder(LightningModule):
         self.save_hyperparameters()
         self.net = AutoEncoder(input_dim, latent_dim, hidden_dim, n_layers, residual, variational, block)
         if compile:
+            # A fresh compile cache: multirun jobs share a process, and the graphs of earlier jobs' models
+            # would otherwise fill it until dynamo recompiles every step or gives up.
+            torch.compiler.reset()
             self.net.compile()  # lazily, at the first training batch
         # sum and count of this epoch's training loss, accumulated on-device without host syncs
         self.register_buffer("epoch_loss_sum", torch.zeros(()), persistent=False)
