@@ -26,9 +26,10 @@ import json
 import multiprocessing
 import resource
 import statistics
+import sys
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, redirect_stdout
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from functools import partial
@@ -176,7 +177,8 @@ def framework(
             limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
             enable_model_summary=False, callbacks=[timer, bar],
         )  # fmt: skip
-        trainer.fit(model, datamodule=dm)
+        with redirect_stdout(sys.stderr):  # Lightning's bar draws on stdout; the table goes there
+            trainer.fit(model, datamodule=dm)
     return steps * batch / (timer.t1 - timer.t0), dm.setup_s
 
 
