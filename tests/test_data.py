@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from src.data.datamodule import OneClassDataModule, resolve_anomaly_classes
-from src.data.sources import CachedImages, CacheWriteError, DatasetNotFoundError, class_names, load_source
+from src.data.sources import (
+    CachedImages,
+    CacheWriteError,
+    CorruptDataError,
+    DatasetNotFoundError,
+    class_names,
+    load_source,
+)
 from src.data.splits import mix, one_class_split
 from tests.idx import write_fake_emnist, write_fake_mnist
 
@@ -183,3 +190,13 @@ def test_an_unwritable_cache_is_a_clear_error_that_loses_nothing(tmp_path: Path)
     assert "data.cache=false" in str(err.value) and "EMNIST/decoded" in str(err.value)
     assert {p: p.read_bytes() for p in raw} == raw
     assert len(emnist_dm(tmp_path, cache=False).data_train) > 0  # the fix named in the error works
+
+
+def test_a_truncated_cache_file_is_a_clear_error_naming_it(tmp_path: Path) -> None:
+    write_fake_emnist(tmp_path, "byclass", n_classes=62, per_class=(20, 6))
+    emnist_dm(tmp_path)
+    [cached] = (tmp_path / "EMNIST" / "decoded").glob("*-x_train.npy")
+    cached.write_bytes(cached.read_bytes()[:-784])
+    with pytest.raises(CorruptDataError, match="delete it") as err:
+        emnist_dm(tmp_path)
+    assert str(cached) in str(err.value)

@@ -25,10 +25,13 @@ class CachedImages:
     BLOCK_BYTES = 64 * 2**20
 
     def __init__(self, path: Path) -> None:
-        header = np.load(path, mmap_mode="r")  # reads the header only
+        try:
+            header = np.load(path, mmap_mode="r")  # reads the header only
+        except (ValueError, OSError) as err:
+            raise _stale_cache(path, str(err)) from err
         self.path, self.shape, self.offset = path, header.shape, header.offset
         if header.dtype != np.uint8 or header.ndim != 2:
-            raise _corrupt(path, f"a cached {header.dtype} array of shape {header.shape}, not (N, D) uint8")
+            raise _stale_cache(path, f"a {header.dtype} array of shape {header.shape}, not (N, D) uint8")
         del header
 
     def __len__(self) -> int:
@@ -49,12 +52,20 @@ class CachedImages:
                     continue
                 f.seek(self.offset + start * d)
                 count = min(block, n - start)
-                f.readinto(buf[:count].numpy())
+                if f.readinto(buf[:count].numpy()) != count * d:
+                    raise _stale_cache(self.path, "the file is shorter than its header says")
                 if in_order:
                     torch.index_select(buf, 0, wanted[lo:hi] - start, out=out[lo:hi])
                 else:
                     out.index_copy_(0, order[lo:hi], buf.index_select(0, wanted[lo:hi] - start))
         return out
+
+
+def _stale_cache(path: Path, problem: str) -> "CorruptDataError":
+    return CorruptDataError(
+        f"The decoded-data cache {path} is unreadable: {problem}. Fix: delete it; the next run decodes "
+        "the raw files again and rewrites it (or set data.cache=false). The raw files are untouched."
+    )
 
 
 class Source(NamedTuple):
