@@ -14,10 +14,12 @@ torchvision's raw format:
 3. naive: ``torchvision.datasets.EMNIST`` with ``ToTensor()`` and a ``DataLoader``, each batch copied
    to the device.
 
-Timings take turns (reference, framework, naive, reference, ...) and the median of each is reported,
-with ratios against the reference measured in the same process. Memory and the DataModule's set-up
-time are measured separately, in a fresh process that only builds the DataModule on byclass-sized data
-(``--memory-n-train``, default 697,932 images) and trains on it. Results go to
+The three are timed in the same stretches of time: the framework's ``trainer.fit`` runs in blocks of
+``--block`` steps, and between two blocks the reference and the naive loop each run a block of their
+own. Each run gives one ratio per pair of paths; the medians over ``--repeats`` fresh runs are
+reported, with the range of framework / reference. Memory and the DataModule's set-up time are
+measured separately, in fresh processes that train on byclass-sized data (``--memory-n-train``,
+default 697,932 images): one that decodes the raw files, one that reads the decoded cache. Results go to
 ``bench_results/train_speed-<time>.json``.
 """
 
@@ -32,7 +34,6 @@ import time
 from contextlib import nullcontext, redirect_stdout
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 
 import hydra
@@ -115,38 +116,82 @@ def train_step(model, opt, x: torch.Tensor, setup: Setup) -> tuple[torch.Tensor,
     return loss, g_norm
 
 
-def reference_loop(
-    x_uint8: torch.Tensor, n_layers: int, batch: int, steps: int, warmup: int, setup: Setup
-) -> float:
-    """Samples/s of the fastest plain loop: index the uint8 tensor on the device, convert one batch,
-    step, and read the loss and norm back as a logger would."""
-    model, x_dev = make_model(n_layers, setup), x_uint8.to(setup.device)
-    opt = make_optimizer(model)
-    perm = torch.randperm(len(x_dev), device=setup.device)
-    t0 = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            setup.sync()
-            t0 = time.perf_counter()
-        idx = perm[(i * batch) % (len(perm) - batch) :][:batch]
-        loss, g_norm = train_step(model, opt, x_dev[idx].float().div_(255), setup)
-        _ = torch.stack([loss.detach(), g_norm]).tolist()  # what a logger reads each step
-    setup.sync()
-    return steps * batch / (time.perf_counter() - t0)
+class ReferenceLoop:
+    """The fastest plain loop: index the uint8 tensor on the device, convert one batch, step, and read
+    the loss and norm back as a logger would. Runs a block of steps at a time."""
+
+    def __init__(self, x_uint8: torch.Tensor, n_layers: int, batch: int, setup: Setup) -> None:
+        self.model, self.x = make_model(n_layers, setup), x_uint8.to(setup.device)
+        self.opt = make_optimizer(self.model)
+        self.perm = torch.randperm(len(self.x), device=setup.device)
+        self.batch, self.setup, self.i = batch, setup, 0
+
+    def next_batch(self) -> torch.Tensor:
+        start = (self.i * self.batch) % (len(self.perm) - self.batch)
+        self.i += 1
+        return self.x[self.perm[start : start + self.batch]].float().div_(255)
+
+    def run(self, steps: int) -> float:
+        """Seconds taken by ``steps`` training steps."""
+        self.setup.sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss, g_norm = train_step(self.model, self.opt, self.next_batch(), self.setup)
+            _ = torch.stack([loss.detach(), g_norm]).tolist()  # what a logger reads each step
+        self.setup.sync()
+        return time.perf_counter() - t0
 
 
-class _Timer(Callback):
-    def __init__(self, warmup: int, setup: Setup) -> None:
-        self.warmup, self.setup, self.t0, self.t1 = warmup, setup, 0.0, 0.0
+class NaiveLoop(ReferenceLoop):
+    """torchvision's EMNIST + ToTensor + DataLoader feeding the same loop, each batch copied to the
+    device."""
+
+    def __init__(self, root: Path, n_layers: int, batch: int, setup: Setup) -> None:
+        ds = datasets.EMNIST(str(root), split="byclass", train=True, transform=transforms.ToTensor())
+        self.loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=0)
+        self.batches = iter(self.loader)
+        self.model = make_model(n_layers, setup)
+        self.opt = make_optimizer(self.model)
+        self.setup = setup
+
+    def next_batch(self) -> torch.Tensor:
+        x = next(self.batches, None)
+        if x is None:  # a new epoch
+            self.batches = iter(self.loader)
+            x = next(self.batches)
+        return x[0].flatten(1).to(self.setup.device)
+
+
+class _Interleave(Callback):
+    """Times the framework's training steps in blocks, and between two blocks runs a block of the same
+    number of steps of each plain loop. Every path is then measured in the same stretches of time, so a
+    slow spell of a shared machine falls on all of them and the ratios stay put: measured one after the
+    other, whole runs of the same path differed by up to 30 % here.
+
+    ``seconds[0]`` is the framework's time, ``seconds[1:]`` that of each plain loop; each spans
+    ``steps`` steps once ``trainer.fit`` has run ``warmup + steps + 1`` steps."""
+
+    def __init__(self, loops: list[ReferenceLoop], steps: int, block: int, warmup: int, setup: Setup):
+        if steps % block:
+            raise ValueError(f"--steps={steps} must be a multiple of --block={block}")
+        self.loops, self.steps, self.block, self.warmup, self.setup = loops, steps, block, warmup, setup
+        self.seconds = [0.0] * (len(loops) + 1)
+        self.t0: float | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
-            self.setup.sync()
-            self.t0 = time.perf_counter()
-
-    def on_train_end(self, trainer, pl_module) -> None:
+        done = trainer.global_step - self.warmup
+        if done < 0 or done % self.block or done > self.steps:
+            return
         self.setup.sync()
-        self.t1 = time.perf_counter()
+        if self.t0 is None:  # the plain loops warm up too, untimed
+            for loop in self.loops:
+                loop.run(self.warmup)
+        else:
+            self.seconds[0] += time.perf_counter() - self.t0
+        if done < self.steps:
+            for i, loop in enumerate(self.loops, 1):
+                self.seconds[i] += loop.run(self.block)
+            self.t0 = time.perf_counter()
 
 
 class _TimedDataModule(OneClassDataModule):
@@ -158,51 +203,46 @@ class _TimedDataModule(OneClassDataModule):
         self.setup_s += time.perf_counter() - t0
 
 
-def framework(
-    root: Path, n_layers: int, batch: int, steps: int, warmup: int, setup: Setup
-) -> tuple[float, float]:
-    """Samples/s through the real DataModule, LightningModule and Trainer with per-step CSV logging,
-    and the DataModule's set-up time. It is set up inside the fit, as in a real run, so on a GPU its
-    data lives there."""
+def framework(root: Path, n_layers: int, batch: int, interleave: _Interleave) -> float:
+    """Runs the real DataModule, LightningModule and Trainer with per-step CSV logging, the plain loops
+    interleaved with its steps; returns the DataModule's set-up time. It is set up inside the fit, as in
+    a real run, so on a GPU its data lives there."""
+    setup = interleave.setup
     dm = _TimedDataModule("emnist", root=str(root), anomaly_class=0, batch_size=batch)
     torch.manual_seed(0)
     model = AnomalyAutoEncoder(784, n_layers=n_layers, hidden_dim=256, latent_dim=16, residual=True,
                                compile=setup.compile)  # fmt: skip
-    timer = _Timer(warmup, setup)
     bar = hydra.utils.instantiate(OmegaConf.load(REPO / "conf/callbacks/default.yaml").progress_bar)
     with tempfile.TemporaryDirectory() as log_dir:
         trainer = L.Trainer(
             accelerator="gpu" if setup.device == "cuda" else "cpu", devices=1, precision=setup.precision,
-            max_steps=warmup + steps, gradient_clip_val=CLIP, logger=CSVLogger(log_dir), log_every_n_steps=1,
-            limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
-            enable_model_summary=False, callbacks=[timer, bar],
+            max_steps=interleave.warmup + interleave.steps + 1, gradient_clip_val=CLIP,
+            logger=CSVLogger(log_dir), log_every_n_steps=1, limit_val_batches=0, num_sanity_val_steps=0,
+            enable_checkpointing=False, enable_model_summary=False, callbacks=[interleave, bar],
         )  # fmt: skip
         with redirect_stdout(sys.stderr):  # Lightning's bar draws on stdout; the table goes there
             trainer.fit(model, datamodule=dm)
-    return steps * batch / (timer.t1 - timer.t0), dm.setup_s
+    return dm.setup_s
 
 
-def framework_sps(*args) -> float:
-    return framework(*args)[0]
-
-
-def naive(root: Path, n_layers: int, batch: int, steps: int, warmup: int, setup: Setup) -> float:
-    """Samples/s of torchvision's EMNIST + ToTensor + DataLoader feeding the same loop."""
-    ds = datasets.EMNIST(str(root), split="byclass", train=True, transform=transforms.ToTensor())
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=0)
-    model = make_model(n_layers, setup)
-    opt = make_optimizer(model)
-    t0 = 0.0
-    for i, (x, _) in enumerate(loader):
-        if i == warmup:
-            setup.sync()
-            t0 = time.perf_counter()
-        if i == warmup + steps:
-            break
-        loss, g_norm = train_step(model, opt, x.flatten(1).to(setup.device), setup)
-        _ = torch.stack([loss.detach(), g_norm]).tolist()
-    setup.sync()
-    return steps * batch / (time.perf_counter() - t0)
+def measure_row(
+    root: Path, x_train: torch.Tensor, n_layers: int, batch: int, args: argparse.Namespace, setup: Setup
+) -> dict:
+    """``args.repeats`` fresh runs of all three paths, interleaved; medians of the samples/s and of the
+    per-run ratios, and the range of framework / reference over the runs."""
+    runs = []
+    for _ in range(args.repeats):
+        loops = [ReferenceLoop(x_train, n_layers, batch, setup), NaiveLoop(root, n_layers, batch, setup)]
+        interleave = _Interleave(loops, args.steps, args.block, args.warmup, setup)
+        framework(root, n_layers, batch, interleave)
+        fw, ref, nv = (args.steps * batch / s for s in interleave.seconds)
+        runs.append({"framework_sps": fw, "reference_sps": ref, "naive_sps": nv,
+                     "framework_over_reference": fw / ref, "framework_over_naive": fw / nv,
+                     "reference_over_naive": ref / nv})  # fmt: skip
+    row = {"n_layers": n_layers, "batch_size": batch}
+    row |= {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    ratios = [run["framework_over_reference"] for run in runs]
+    return row | {"framework_over_reference_range": [min(ratios), max(ratios)], "runs": runs}
 
 
 def auroc_time(n: int, device: str) -> float:
@@ -216,19 +256,6 @@ def auroc_time(n: int, device: str) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved_medians(fns: list, repeats: int) -> list[float]:
-    """Median of each timing. The timings take turns, so that a slow spell of a shared machine falls on
-    all of them, and the order rotates each repeat: a run measured right after another is slower (by up
-    to 15 % here), and that must not always fall on the same path. ``repeats`` a multiple of
-    ``len(fns)`` puts every path in every position equally often."""
-    samples = [[] for _ in fns]
-    for r in range(repeats):
-        for i in range(len(fns)):
-            j = (i + r) % len(fns)
-            samples[j].append(fns[j]())
-    return [statistics.median(s) for s in samples]
-
-
 def peak_rss_mib() -> float:
     """This process's peak resident memory. Linux's ``VmHWM`` rather than ``ru_maxrss``: a spawned
     child's ``ru_maxrss`` keeps the high-water mark of the parent it was forked from."""
@@ -240,7 +267,7 @@ def peak_rss_mib() -> float:
 
 def memory_child(root: str, n_layers: int, batch: int, steps: int, setup: Setup) -> dict:
     """In a fresh process: one training run; its DataModule's set-up time and the peak memory."""
-    _, setup_s = framework(Path(root), n_layers, batch, steps, 1, setup)
+    setup_s = framework(Path(root), n_layers, batch, _Interleave([], steps, steps, 1, setup))
     out = {"datamodule_setup_s": setup_s, "peak_rss_mib": peak_rss_mib()}
     if setup.device == "cuda":
         out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -265,10 +292,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-test", type=int, default=N_TEST, help="test images written and AUROC-scored")
     p.add_argument("--n-layers", type=int, nargs="+", default=[2, 6])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--naive-steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=200, help="timed steps of each path per run")
+    p.add_argument("--block", type=int, default=10, help="steps of one path before the next takes its turn")
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="runs of the three paths; medians are reported")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the model in every path")
     p.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
@@ -277,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     setup = Setup(device, args.compile, args.precision)
-    warmup = args.warmup + (20 if setup.compile else 0)  # compilation happens in the first steps
+    args.warmup += 20 if setup.compile else 0  # compilation happens in the first steps
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -285,20 +312,11 @@ def main(argv: list[str] | None = None) -> dict:
         x_train = OneClassDataModule("emnist", root=str(root), anomaly_class=0)
         x_train.setup("fit")
         x_train = x_train.data_train.x
-        rows = []
-        for n_layers in args.n_layers:
-            for batch in args.batch_sizes:
-                ref, fw, nv = interleaved_medians(
-                    [
-                        partial(reference_loop, x_train, n_layers, batch, args.steps, warmup, setup),
-                        partial(framework_sps, root, n_layers, batch, args.steps, warmup, setup),
-                        partial(naive, root, n_layers, batch, args.naive_steps, warmup, setup),
-                    ],
-                    args.repeats,
-                )
-                rows.append({"n_layers": n_layers, "batch_size": batch, "reference_sps": ref,
-                             "framework_sps": fw, "naive_sps": nv, "framework_over_reference": fw / ref,
-                             "framework_over_naive": fw / nv, "reference_over_naive": ref / nv})  # fmt: skip
+        rows = [
+            measure_row(root, x_train, n_layers, batch, args, setup)
+            for n_layers in args.n_layers
+            for batch in args.batch_sizes
+        ]
         del x_train
     result = {
         "date": datetime.now().isoformat(timespec="seconds"),
@@ -328,12 +346,14 @@ def print_table(r: dict) -> None:
     print(f"\n{r['n_train_images']:,} training images, {r['device_name']}, {r['torch_threads']} CPU threads, "
           f"compile={r['compile']}, precision={r['precision']}, {r['date']}")  # fmt: skip
     print("| n_layers | batch | reference samples/s | framework samples/s | naive samples/s "
-          "| framework / reference | framework / naive | reference / naive |")  # fmt: skip
+          "| framework / reference (range) | framework / naive | reference / naive |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for row in r["rows"]:
+        lo, hi = row["framework_over_reference_range"]
         print(f"| {row['n_layers']} | {row['batch_size']} | {row['reference_sps']:,.0f} "
               f"| {row['framework_sps']:,.0f} | {row['naive_sps']:,.0f} "
-              f"| {row['framework_over_reference']:.2f} | {row['framework_over_naive']:.1f}x "
+              f"| {row['framework_over_reference']:.2f} ({lo:.2f}-{hi:.2f}) "
+              f"| {row['framework_over_naive']:.1f}x "
               f"| {row['reference_over_naive']:.1f}x |")  # fmt: skip
     print(f"\ntest AUROC over {r['n_test_scores']:,} scores: {r['test_auroc_s'] * 1000:.0f} ms")
     if m := r.get("memory"):

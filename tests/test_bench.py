@@ -1,11 +1,14 @@
 import json
 
-from benchmarks.train_speed import main
+import pytest
+import torch
+
+from benchmarks.train_speed import ReferenceLoop, Setup, _Interleave, framework, main, write_fake_emnist
 
 
 def test_bench_runs_all_three_paths_and_writes_its_table(tmp_path, capsys) -> None:
     args = ["--n-train", "3000", "--n-test", "2000", "--n-layers", "1", "--batch-sizes", "64",
-            "--steps", "4", "--naive-steps", "3", "--warmup", "1", "--repeats", "1",
+            "--steps", "4", "--block", "2", "--warmup", "1", "--repeats", "1",
             "--memory-n-train", "3000", "--device", "cpu", "--out", str(tmp_path)]  # fmt: skip
     result = main(args)
     [row] = result["rows"]
@@ -17,3 +20,16 @@ def test_bench_runs_all_three_paths_and_writes_its_table(tmp_path, capsys) -> No
     [saved] = tmp_path.glob("train_speed-*.json")
     assert json.loads(saved.read_text()) == result
     assert "| 1 | 64 |" in capsys.readouterr().out
+
+
+def test_interleaving_runs_every_path_for_the_same_number_of_timed_steps(tmp_path) -> None:
+    write_fake_emnist(tmp_path, 1500, 500)
+    x = torch.randint(0, 256, (1500, 784), dtype=torch.uint8)
+    setup = Setup("cpu")
+    loops = [ReferenceLoop(x, 1, 32, setup), ReferenceLoop(x, 1, 32, setup)]
+    interleave = _Interleave(loops, steps=6, block=2, warmup=3, setup=setup)
+    framework(tmp_path, 1, 32, interleave)
+    assert [loop.i for loop in loops] == [3 + 6, 3 + 6]  # warm-up, then three blocks of two
+    assert all(s > 0 for s in interleave.seconds)
+    with pytest.raises(ValueError, match="--steps=5 must be a multiple of --block=2"):
+        _Interleave(loops, steps=5, block=2, warmup=0, setup=setup)

@@ -1,11 +1,13 @@
+import math
 from pathlib import Path
 from urllib.error import URLError
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
-from src.data.datamodule import OneClassDataModule, resolve_anomaly_classes
+from src.data.datamodule import OneClassDataModule, TensorBatchSampler, resolve_anomaly_classes
 from src.data.sources import (
     CachedImages,
     CacheWriteError,
@@ -200,3 +202,40 @@ def test_a_truncated_cache_file_is_a_clear_error_naming_it(tmp_path: Path) -> No
     with pytest.raises(CorruptDataError, match="delete it") as err:
         emnist_dm(tmp_path)
     assert str(cached) in str(err.value)
+
+
+def test_shuffled_batches_are_those_of_a_plain_shuffled_dataloader(fake_emnist) -> None:
+    # TensorBatchSampler cuts index tensors from the permutation RandomSampler would draw: a seeded run
+    # sees exactly the batches a plain ``DataLoader(shuffle=True)`` gives, epoch after epoch.
+    dm = emnist_dm(fake_emnist[0], batch_size=7)
+    plain = DataLoader(dm.data_train, batch_size=7, shuffle=True, collate_fn=lambda b: b)
+    batches = {}
+    for name, loader in (("ours", dm.train_dataloader()), ("plain", plain)):
+        torch.manual_seed(5)
+        batches[name] = [torch.cat([x, y[:, None].float()], 1) for _ in range(2) for x, y in loader]
+    assert len(batches["ours"]) == 2 * math.ceil(len(dm.data_train) / 7)
+    assert all(torch.equal(a, b) for a, b in zip(batches["ours"], batches["plain"], strict=True))
+    assert not torch.equal(batches["ours"][0], batches["ours"][len(batches["ours"]) // 2])  # reshuffled
+
+
+def test_evaluation_batches_keep_the_split_order(fake_emnist) -> None:
+    dm = emnist_dm(fake_emnist[0], eval_batch_size=10)
+    xs = [x for x, _ in dm.val_dataloader()]
+    assert [len(x) for x in xs[:-1]] == [10] * (len(xs) - 1)
+    assert torch.equal(torch.cat(xs), dm.data_val.x.float() / 255)
+
+
+def test_batch_sampler_batches_any_other_sampler_like_batchsampler() -> None:
+    # e.g. the DistributedSampler that Lightning puts in under DDP
+    sampler = DistributedSampler(range(50), num_replicas=2, rank=1, shuffle=True, seed=3)
+    for drop_last in (False, True):
+        ours = [b.tolist() for b in TensorBatchSampler(sampler, 6, drop_last)]
+        assert ours == list(BatchSampler(sampler, 6, drop_last))
+
+
+def test_batches_already_on_the_device_are_not_walked_again(fake_emnist) -> None:
+    dm = emnist_dm(fake_emnist[0])
+    batch = next(iter(dm.train_dataloader()))
+    assert dm.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
+    moved = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert [t.device.type for t in moved] == ["meta", "meta"]

@@ -152,3 +152,18 @@ def test_a_compiled_model_keeps_its_checkpoint_keys() -> None:
 def test_the_optimizer_is_fused_adam_on_cpu() -> None:
     opt = AnomalyAutoEncoder(20, n_layers=2, hidden_dim=16, latent_dim=4).configure_optimizers()
     assert isinstance(opt, torch.optim.Adam) and opt.defaults["fused"] is True
+
+
+def test_fast_attribute_setting_still_registers_parameters_modules_and_buffers() -> None:
+    model = AnomalyAutoEncoder(20, n_layers=1, hidden_dim=8, latent_dim=4)
+    keys = list(model.state_dict())
+    model.note = "a"
+    model.note = "b"  # an existing plain attribute: the fast path
+    assert model.note == "b" and list(model.state_dict()) == keys
+    model.note = torch.nn.Parameter(torch.ones(2))  # a tensor or module takes nn.Module's path
+    model.g_norm_max = torch.full((), 3.0)
+    assert "note" in dict(model.named_parameters()) and "note" not in vars(model)
+    assert model.state_dict()["g_norm_max"] == 3.0
+    model.extra = None
+    model.extra = torch.nn.Linear(2, 2)
+    assert "extra" in dict(model.named_children()) and "extra" not in vars(model)

@@ -110,9 +110,9 @@ class AnomalyAutoEncoder(LightningModule):
             # would otherwise fill it until dynamo recompiles every step or gives up.
             torch.compiler.reset()
             self.net.compile()  # lazily, at the first training batch
-        # sum and count of this epoch's training loss, accumulated on-device without host syncs
+        # sum of this epoch's training loss over its samples, accumulated on-device without host syncs
         self.register_buffer("epoch_loss_sum", torch.zeros(()), persistent=False)
-        self.register_buffer("epoch_loss_n", torch.zeros(()), persistent=False)
+        self.epoch_loss_n = 0
         # running max of train/g_norm; a buffer so it follows the device, never syncs to the host
         # and survives a resume
         self.register_buffer("g_norm_max", torch.zeros(()))
@@ -120,6 +120,16 @@ class AnomalyAutoEncoder(LightningModule):
         self.g_norm: torch.Tensor | None = None  # this step's norm, reused by the clipping
         self.val_metrics = AnomalyMetrics()
         self.test_metrics = AnomalyMetrics()
+
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning sets ``_current_fx_name`` (and similar) on the module around every hook it calls, some
+        # 40 times a step, and ``nn.Module.__setattr__`` checks each value against parameters, buffers and
+        # submodules: 0.1-0.2 ms a step on CPU. An attribute already in ``__dict__`` is none of those, so a
+        # new value that is not a tensor or module can be set directly.
+        if name in self.__dict__ and not isinstance(value, torch.Tensor | torch.nn.Module):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Anomaly score per sample, shape ``(B,)``; higher = more anomalous."""
@@ -131,7 +141,7 @@ class AnomalyAutoEncoder(LightningModule):
         losses = autoencoder_loss(x, out.x_hat, out.mu, out.logvar, self.hparams.beta)
         self.step_losses = {k: v.detach() for k, v in losses.items()}  # checked and logged with g_norm
         loss = losses["loss"]
-        self.epoch_loss_sum += loss.detach() * len(x)
+        self.epoch_loss_sum.add_(loss.detach(), alpha=len(x))
         self.epoch_loss_n += len(x)
         return loss
 
@@ -139,7 +149,7 @@ class AnomalyAutoEncoder(LightningModule):
         self.log("train/epoch_loss", self.epoch_loss_sum / self.epoch_loss_n, sync_dist=True)
         self.log("train/g_norm_max", self.g_norm_max)
         self.epoch_loss_sum.zero_()
-        self.epoch_loss_n.zero_()
+        self.epoch_loss_n = 0
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called before Lightning clips, so this is the raw norm that clipping then bounds.
@@ -164,7 +174,10 @@ class AnomalyAutoEncoder(LightningModule):
         result object to the value's device through ``apply_to_collection``): a quarter of a small model's
         step. Per-step values need none of its epoch reduction, so they go to the loggers directly, at the
         step and cadence (``trainer.log_every_n_steps``) and with the ``epoch`` column ``self.log`` would
-        give them, and are flushed as Lightning flushes them. They are not in ``trainer.callback_metrics``.
+        give them. They reach disk at each logger's own pace (``CSVLogger`` every
+        ``flush_logs_every_n_steps``, W&B and TensorBoard in the background) and when the run ends or
+        fails, rather than with a file write every step as ``self.log`` does. They are not in
+        ``trainer.callback_metrics``.
         """
         trainer = self.trainer
         if not trainer.loggers or not trainer.log_every_n_steps:
@@ -175,7 +188,6 @@ class AnomalyAutoEncoder(LightningModule):
         metrics["epoch"] = self.current_epoch
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=self.global_step)
-            logger.save()
 
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
