@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import subprocess
@@ -128,6 +129,11 @@ def test_an_interrupted_run_saves_a_checkpoint_and_resumes(tmp_path: Path, signu
     assert first.returncode != 0 and not (tmp_path / "metrics.json").exists()
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] >= 20
+    # step values the CSV logger still buffered (the last flush was at the end of epoch 0, step 15)
+    # reach the file when the run stops: every step the checkpoint holds is logged
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f) if row["train/g_norm"]]
+    assert steps == list(range(ckpt["global_step"]))
     resumed = cli(*args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert metrics(tmp_path)["status"] == "completed"
