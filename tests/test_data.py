@@ -5,7 +5,9 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+from lightning.fabric.utilities.data import _replace_dunder_methods
+from lightning.pytorch.utilities.data import _update_dataloader
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
 from src.data.datamodule import OneClassDataModule, TensorBatchSampler, resolve_anomaly_classes
 from src.data.sources import (
@@ -239,3 +241,27 @@ def test_batches_already_on_the_device_are_not_walked_again(fake_emnist) -> None
     assert dm.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
     moved = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)
     assert [t.device.type for t in moved] == ["meta", "meta"]
+
+
+def test_index_batches_are_made_on_the_data_device_once_an_epoch() -> None:
+    torch.manual_seed(0)
+    on_cpu = list(TensorBatchSampler(RandomSampler(range(20)), 8, False))
+    torch.manual_seed(0)
+    on_meta = list(TensorBatchSampler(RandomSampler(range(20)), 8, False, device="meta"))
+    assert [b.device.type for b in on_meta] == ["meta"] * 3 and [len(b) for b in on_meta] == [8, 8, 4]
+    assert all(b.device.type == "cpu" for b in on_cpu)
+    fallback = TensorBatchSampler(DistributedSampler(range(20), num_replicas=2, rank=0), 8, False, "meta")
+    assert [b.device.type for b in fallback] == ["meta", "meta"]
+
+
+def test_under_ddp_lightning_swaps_in_its_sampler_and_keeps_ours(fake_emnist) -> None:
+    # What Lightning does to a train loader under DDP: re-create the batch sampler from its saved
+    # arguments, with a DistributedSampler in place of ours.
+    dm = emnist_dm(fake_emnist[0], batch_size=16)
+    with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
+        loader = dm.train_dataloader()
+    shard = DistributedSampler(dm.data_train, num_replicas=2, rank=1, shuffle=True, seed=0)
+    updated = _update_dataloader(loader, shard)
+    assert type(updated.batch_sampler) is TensorBatchSampler and updated.batch_sampler.sampler is shard
+    seen = torch.cat([x for x, _ in updated])
+    assert len(seen) == len(shard) and torch.equal(seen, dm.data_train.x[list(shard)].float() / 255)

@@ -204,6 +204,8 @@ def test_on_a_gpu_the_data_lives_on_the_device(make_cfg) -> None:
     _, objects = train(make_cfg("trainer=gpu", "trainer.max_epochs=1"))
     assert objects["datamodule"].data_train.x.device.type == "cuda"
     assert objects["datamodule"].data_train.x.dtype == torch.uint8
+    x, y = next(iter(objects["datamodule"].train_dataloader()))  # indexed and converted on the device
+    assert x.device.type == y.device.type == "cuda" and x.dtype == torch.float32
 
 
 def test_logger_none_trains_with_no_logger(make_cfg) -> None:

@@ -50,15 +50,23 @@ class TensorBatchSampler(BatchSampler):
     as ``BatchSampler``, from the same random draw, so seeded runs shuffle exactly as with a plain
     ``DataLoader``. Over any other sampler (the ``DistributedSampler`` Lightning puts in under DDP) it
     batches that sampler's indices.
+
+    ``device``: where the indices go, that of the data they index. The permutation is drawn on the CPU
+    (so the draw is the same everywhere) and moved once an epoch, not once a batch: on a GPU each
+    host-to-device copy of a batch's indices would wait for the queued work.
     """
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool, device: torch.device | str = "cpu") -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.device = torch.device(device)
 
     def __iter__(self):
         order = self._order()
         if order is None:
             for batch in super().__iter__():
-                yield torch.as_tensor(batch)
+                yield torch.as_tensor(batch, device=self.device)
             return
-        batches = order.split(self.batch_size)
+        batches = order.to(self.device).split(self.batch_size)
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches = batches[:-1]
         yield from batches
@@ -251,7 +259,7 @@ class OneClassDataModule(LightningDataModule):
         sampler = RandomSampler(data) if shuffle else SequentialSampler(data)
         return DataLoader(
             data,
-            batch_sampler=TensorBatchSampler(sampler, batch_size, drop_last),
+            batch_sampler=TensorBatchSampler(sampler, batch_size, drop_last, device=data.x.device),
             collate_fn=_as_batch,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
