@@ -2,6 +2,7 @@
 
 import logging
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,6 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ProgressBar
@@ -149,7 +149,11 @@ def main(cfg: DictConfig) -> float | None:
         log.error("Stopped by SIGTERM; checkpoints/last.ckpt holds the progress. Re-run to resume.")
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
-        wandb.finish(exit_code=exit_code)  # each multirun job is its own W&B run, failed or not
+        # Each multirun job is its own W&B run, failed or not. wandb is imported only by runs that log
+        # to it (0.7 s a process otherwise): if it never was, there is no run to finish.
+        wandb = sys.modules.get("wandb")
+        if wandb is not None:
+            wandb.finish(exit_code=exit_code)
     print(f"test/auroc: {metrics['test/auroc']:.4f}   (val/auroc best: {metrics['val/auroc']:.4f})")
     print(f"outputs: {output_dir}")
     return metrics.get(cfg.get("optimized_metric"))

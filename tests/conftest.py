@@ -1,3 +1,4 @@
+import csv
 import os
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from src.config import register_configs
+from src.train import train
 from tests.idx import write_fake_emnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,3 +59,18 @@ def fake_emnist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A small EMNIST ``byclass`` (62 classes) in torchvision's raw layout."""
     root = tmp_path_factory.mktemp("emnist")
     return root, write_fake_emnist(root, "byclass", n_classes=62, per_class=(40, 12))
+
+
+def csv_metric(output_dir: str, key: str) -> list[float]:
+    """Every value of ``key`` a run wrote to its CSV log, in order."""
+    with open(Path(output_dir) / "csv" / "metrics.csv") as f:
+        return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
+
+
+def epoch_losses(make_cfg, tmp_path: Path, name: str, *overrides: str) -> list[float]:
+    """``train/epoch_loss`` of a 4-epoch digits run, written under ``tmp_path / name``."""
+    cfg = make_cfg("trainer.max_epochs=4", "seed=0", *overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / name)
+    train(cfg)
+    return csv_metric(cfg.paths.output_dir, "train/epoch_loss")

@@ -14,7 +14,7 @@ from omegaconf import open_dict
 
 from src.models.module import AnomalyAutoEncoder
 from src.train import train
-from tests.conftest import REPO
+from tests.conftest import REPO, csv_metric, epoch_losses
 
 METRIC_KEYS = {"train/loss", "val/auroc", "test/auroc", "test/auprc", "n_params", "wall_time_s"}
 
@@ -41,18 +41,13 @@ def test_the_best_val_checkpoint_is_tested_and_loads_alone(make_cfg) -> None:
     assert model.hparams.input_dim == 64 and model.hparams.n_layers == 4
 
 
-def _csv_metric(output_dir: str, key: str) -> list[float]:
-    with open(Path(output_dir) / "csv" / "metrics.csv") as f:
-        return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
-
-
 def test_g_norm_is_logged_every_step_before_clipping(make_cfg) -> None:
     cfg = make_cfg("trainer.gradient_clip_val=1e-3")
     metrics, objects = train(cfg)
-    g_norm = _csv_metric(cfg.paths.output_dir, "train/g_norm")
+    g_norm = csv_metric(cfg.paths.output_dir, "train/g_norm")
     assert len(g_norm) == objects["trainer"].global_step
     assert min(g_norm) > 1e-2  # the raw norm, far above the clip value
-    assert len(_csv_metric(cfg.paths.output_dir, "train/loss")) == len(g_norm)
+    assert len(csv_metric(cfg.paths.output_dir, "train/loss")) == len(g_norm)
 
 
 def test_step_metrics_follow_log_every_n_steps_like_self_log(make_cfg) -> None:
@@ -193,19 +188,10 @@ def test_gradient_clip_val_bounds_the_applied_gradients(make_cfg) -> None:
         cfg.callbacks.seen = {"_target_": "tests.test_train._GradNormAfterClipping"}
     _, objects = train(cfg)
     [seen] = [c for c in objects["trainer"].callbacks if isinstance(c, _GradNormAfterClipping)]
-    g_norm = _csv_metric(cfg.paths.output_dir, "train/g_norm")
+    g_norm = csv_metric(cfg.paths.output_dir, "train/g_norm")
     assert min(g_norm) > 0.05  # the raw norms exceed the clip value ...
     assert len(seen.norms) == len(g_norm) - 1
     assert max(seen.norms) <= 0.05 * 1.001  # ... and the applied ones do not
-
-
-@pytest.mark.gpu
-def test_on_a_gpu_the_data_lives_on_the_device(make_cfg) -> None:
-    _, objects = train(make_cfg("trainer=gpu", "trainer.max_epochs=1"))
-    assert objects["datamodule"].data_train.x.device.type == "cuda"
-    assert objects["datamodule"].data_train.x.dtype == torch.uint8
-    x, y = next(iter(objects["datamodule"].train_dataloader()))  # indexed and converted on the device
-    assert x.device.type == y.device.type == "cuda" and x.dtype == torch.float32
 
 
 def test_logger_none_trains_with_no_logger(make_cfg) -> None:
@@ -214,20 +200,12 @@ def test_logger_none_trains_with_no_logger(make_cfg) -> None:
     assert not (Path(objects["trainer"].default_root_dir) / "csv").exists()
 
 
-def _epoch_losses(make_cfg, tmp_path: Path, name: str, *overrides: str) -> list[float]:
-    cfg = make_cfg("trainer.max_epochs=4", "seed=0", *overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / name)
-    train(cfg)
-    return _csv_metric(cfg.paths.output_dir, "train/epoch_loss")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("option", ["model.compile=true", "trainer.precision=bf16-mixed"])
 def test_speed_options_keep_the_loss_curve(make_cfg, tmp_path: Path, option: str) -> None:
-    eager = _epoch_losses(make_cfg, tmp_path, "eager")
-    other_seed = _epoch_losses(make_cfg, tmp_path, "seed1", "seed=1")
-    fast = _epoch_losses(make_cfg, tmp_path, "fast", option)
+    eager = epoch_losses(make_cfg, tmp_path, "eager")
+    other_seed = epoch_losses(make_cfg, tmp_path, "seed1", "seed=1")
+    fast = epoch_losses(make_cfg, tmp_path, "fast", option)
     assert len(fast) == len(eager) == 4
     # the option moves the curve no further than changing the seed does (plus float rounding)
     noise = max(abs(a - b) for a, b in zip(eager, other_seed, strict=True))
