@@ -265,3 +265,15 @@ def test_under_ddp_lightning_swaps_in_its_sampler_and_keeps_ours(fake_emnist) ->
     assert type(updated.batch_sampler) is TensorBatchSampler and updated.batch_sampler.sampler is shard
     seen = torch.cat([x for x, _ in updated])
     assert len(seen) == len(shard) and torch.equal(seen, dm.data_train.x[list(shard)].float() / 255)
+
+
+def test_worker_processes_give_the_same_batches(fake_emnist) -> None:
+    in_process = emnist_dm(fake_emnist[0], batch_size=16)
+    workers = emnist_dm(fake_emnist[0], batch_size=16, num_workers=1)
+    for a, b in zip(in_process.val_dataloader(), workers.val_dataloader(), strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    torch.manual_seed(0)
+    ours = [x for x, _ in in_process.train_dataloader()]
+    torch.manual_seed(0)
+    theirs = [x for x, _ in workers.train_dataloader()]
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
