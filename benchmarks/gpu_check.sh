@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The checks of issue 5 that need a GPU, as one command for a lent GPU machine (about 7 minutes on an
-# H200 once started). Sections run in order of value, each under its own time limit, so a cut-short
+# The checks of issue 5 that need a GPU, as one command for a lent GPU machine (an estimated 7 minutes
+# on an H200 once started; not yet timed there). Sections run in order of value, each under its own time limit, so a cut-short
 # run still returns what it finished.
 #
 #   here, once:      bash benchmarks/gpu_check.sh wheels
