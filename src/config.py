@@ -25,6 +25,7 @@ class ModelConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     compile: bool = False
+    host_sync_every: int = 50
 
 
 @dataclass
@@ -46,7 +47,8 @@ class DataConfig:
 
 DATA_CHECKED = ("dataset", "split", "anomaly_class", "anomaly_ratio", "val_fraction", "batch_size",
                 "eval_batch_size")  # fmt: skip
-MODEL_CHECKED = ("n_layers", "hidden_dim", "latent_dim", "block", "beta", "lr", "weight_decay")
+MODEL_CHECKED = ("n_layers", "hidden_dim", "latent_dim", "block", "beta", "lr", "weight_decay",
+                 "host_sync_every")  # fmt: skip
 
 
 class ConfigError(ValueError):

@@ -14,6 +14,7 @@ BAD_VALUES = [
     ("model.latent_dim=65", "model.latent_dim=65 is invalid: it must be at most the input size"),
     ("model.block=bottleneck", "model.block='bottleneck' is invalid"),
     ("model.lr=0", "model.lr=0.0 is invalid"),
+    ("model.host_sync_every=0", "model.host_sync_every=0 is invalid: it must be an integer >= 1"),
     ("data.anomaly_ratio=1.5", "data.anomaly_ratio=1.5 is invalid"),
     ("data.anomaly_ratio=0", "data.anomaly_ratio=0.0 is invalid"),
     ("data.val_fraction=1", "data.val_fraction=1.0 is invalid"),

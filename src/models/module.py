@@ -3,7 +3,7 @@
 import math
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 
 from src.metrics import AnomalyMetrics
 from src.models.components.autoencoder import AutoEncoder
@@ -18,8 +18,9 @@ class DivergedError(RuntimeError):
         self.step, self.reason, self.last_finite_g_norm = step, reason, last_finite_g_norm
         super().__init__(
             f"Training diverged at step {step}: {reason} (last finite train/g_norm: {last_finite_g_norm}). "
-            "The run stopped before applying it; the best and last checkpoints hold the weights from "
-            "before. Try gradient clipping (trainer.gradient_clip_val), a lower model.lr, or fewer layers."
+            "Neither that update nor any later one reached the weights, and no checkpoint was saved after "
+            "it: the best and last checkpoints hold the weights from before. Try gradient clipping "
+            "(trainer.gradient_clip_val), a lower model.lr, or fewer layers."
         )
 
 
@@ -32,6 +33,7 @@ def check_model_settings(
     beta: float,
     lr: float,
     weight_decay: float,
+    host_sync_every: int = 1,
 ) -> None:
     """Raise ``ValueError`` naming each out-of-range model setting, its value and what is allowed."""
     rules = [
@@ -42,6 +44,7 @@ def check_model_settings(
         (beta >= 0, "model.beta", beta, "a number >= 0"),
         (lr > 0, "model.lr", lr, "a number > 0"),
         (weight_decay >= 0, "model.weight_decay", weight_decay, "a number >= 0"),
+        (host_sync_every >= 1, "model.host_sync_every", host_sync_every, "an integer >= 1 (1 = every step)"),
     ]
     if input_dim is not None:
         rules.append(
@@ -65,6 +68,14 @@ def _params_with_grad(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
 
 
+class _ReadBackOnException(Callback):
+    """Hands a failing or interrupted run's pending step values to the loggers before Lightning
+    finalizes them (a ``LightningModule`` has no ``on_exception`` hook of its own)."""
+
+    def on_exception(self, trainer, pl_module: "AnomalyAutoEncoder", exception: BaseException) -> None:
+        pl_module.read_back_steps(check=False)
+
+
 class AnomalyAutoEncoder(LightningModule):
     """Trains an ``AutoEncoder`` on normal data and scores held-out data by reconstruction error.
 
@@ -85,6 +96,11 @@ class AnomalyAutoEncoder(LightningModule):
         weight_decay: Adam weight decay.
         compile: compile the network's training forward with ``torch.compile`` (``nn.Module.compile``,
             so checkpoints keep their keys and load either way); evaluation scores run eagerly.
+        host_sync_every: read the per-step values back from the device every this many steps (and at
+            every validation, epoch end, checkpoint and the end of training), in one copy. Between two
+            reads nothing waits on the device, so a GPU's queue never drains. The loggers receive the
+            values at each read, and the divergence check runs over them then; meanwhile a non-finite
+            step makes fused Adam skip its update, and every later one, on the device. 1 = every step.
     """
 
     def __init__(
@@ -100,9 +116,12 @@ class AnomalyAutoEncoder(LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         compile: bool = False,
+        host_sync_every: int = 50,
     ) -> None:
         super().__init__()
-        check_model_settings(input_dim, n_layers, hidden_dim, latent_dim, block, beta, lr, weight_decay)
+        check_model_settings(
+            input_dim, n_layers, hidden_dim, latent_dim, block, beta, lr, weight_decay, host_sync_every
+        )
         self.save_hyperparameters()
         self.net = AutoEncoder(input_dim, latent_dim, hidden_dim, n_layers, residual, variational, block)
         if compile:
@@ -118,6 +137,10 @@ class AnomalyAutoEncoder(LightningModule):
         self.register_buffer("g_norm_max", torch.zeros(()))
         self.last_finite_g_norm: float | None = None
         self.g_norm: torch.Tensor | None = None  # this step's norm, reused by the clipping
+        # 1.0 from the first non-finite step on: fused Adam then skips its update on the device
+        self.register_buffer("found_inf", torch.zeros(()), persistent=False)
+        # (step, epoch, due for the loggers, [loss, (recon, kl,) g_norm]) of steps not yet read back
+        self.pending_steps: list[tuple[int, int, bool, list[torch.Tensor]]] = []
         self.val_metrics = AnomalyMetrics()
         self.test_metrics = AnomalyMetrics()
 
@@ -146,6 +169,7 @@ class AnomalyAutoEncoder(LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        self.read_back_steps()
         self.log("train/epoch_loss", self.epoch_loss_sum / self.epoch_loss_n, sync_dist=True)
         self.log("train/g_norm_max", self.g_norm_max)
         self.epoch_loss_sum.zero_()
@@ -154,21 +178,32 @@ class AnomalyAutoEncoder(LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called before Lightning clips, so this is the raw norm that clipping then bounds.
         g_norm = torch.nn.utils.get_total_norm([p.grad for p in _params_with_grad(optimizer)])
-        values = self.step_losses | {"g_norm": g_norm}
-        # one device-to-host copy a step serves both the divergence check and the loggers
-        values = dict(zip(values, torch.stack(list(values.values())).tolist(), strict=True))
-        self._log_step(values)  # before the check: a diverged value is logged too
-        for key in ("loss", "g_norm"):  # stop before a non-finite update reaches the weights
-            if not math.isfinite(values[key]):
-                raise DivergedError(
-                    self.global_step, f"train/{key} is {values[key]}", self.last_finite_g_norm
-                )
-        self.last_finite_g_norm = values["g_norm"]
         self.g_norm = g_norm.detach()
-        torch.maximum(self.g_norm_max, self.g_norm, out=self.g_norm_max)
+        self.pending_steps.append(
+            (self.global_step, self.current_epoch, self._log_due(), [*self.step_losses.values(), self.g_norm])
+        )
+        if self.hparams.host_sync_every > 1 and getattr(optimizer, "_step_supports_amp_scaling", False):
+            # The optimizer (fused Adam) skips its update on the device while ``found_inf`` is 1, the
+            # mechanism GradScaler uses: no non-finite update reaches the weights before the host reads
+            # this step back, and none after it, so the run stops with the weights from before it.
+            finite = torch.isfinite(self.step_losses["loss"]).logical_and_(torch.isfinite(g_norm))
+            self.found_inf.masked_fill_(finite.logical_not_(), 1.0)
+            optimizer.found_inf = self.found_inf
+            if len(self.pending_steps) < self.hparams.host_sync_every:
+                return
+        self.read_back_steps()  # other optimizers: every step, before the update
 
-    def _log_step(self, values: dict[str, float]) -> None:
-        """Write this step's ``train/*`` values straight to the trainer's loggers.
+    def _log_due(self) -> bool:
+        """Whether this step's values go to the loggers: at ``trainer.log_every_n_steps``, with the same
+        step convention as ``self.log``, and on the last step of a stopping run."""
+        trainer = self.trainer
+        if not trainer.loggers or not trainer.log_every_n_steps:
+            return False
+        return not (self.global_step + 1) % trainer.log_every_n_steps or trainer.should_stop
+
+    def read_back_steps(self, check: bool = True) -> None:
+        """Copy the pending steps' values to the host in one transfer, send the due ones to the loggers
+        and, if ``check``, raise ``DivergedError`` at the first non-finite loss or norm (logged too).
 
         Lightning's ``self.log`` costs about a millisecond per key per step on CPU (each call moves its
         result object to the value's device through ``apply_to_collection``): a quarter of a small model's
@@ -179,15 +214,41 @@ class AnomalyAutoEncoder(LightningModule):
         fails, rather than with a file write every step as ``self.log`` does. They are not in
         ``trainer.callback_metrics``.
         """
-        trainer = self.trainer
-        if not trainer.loggers or not trainer.log_every_n_steps:
+        pending, self.pending_steps = self.pending_steps, []
+        if not pending:
             return
-        if (self.global_step + 1) % trainer.log_every_n_steps and not trainer.should_stop:
-            return
-        metrics = {f"train/{k}": v for k, v in values.items()}
-        metrics["epoch"] = self.current_epoch
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=self.global_step)
+        keys = [f"train/{k}" for k in (*self.step_losses, "g_norm")]
+        flat = torch.stack([v for *_, values in pending for v in values]).tolist()
+        g_norm_max = 0.0
+        for i, (step, epoch, due, _) in enumerate(pending):
+            values = dict(zip(keys, flat[i * len(keys) : (i + 1) * len(keys)], strict=True))
+            if due:
+                for logger in self.trainer.loggers:
+                    logger.log_metrics(values | {"epoch": epoch}, step=step)
+            bad = [k for k in ("train/loss", "train/g_norm") if not math.isfinite(values[k])]
+            if bad and check:
+                self.g_norm_max.clamp_(min=g_norm_max)
+                raise DivergedError(step, f"{bad[0]} is {values[bad[0]]}", self.last_finite_g_norm)
+            if not bad:
+                self.last_finite_g_norm = values["train/g_norm"]
+                g_norm_max = max(g_norm_max, self.last_finite_g_norm)
+        self.g_norm_max.clamp_(min=g_norm_max)  # a host number: no device-to-host copy
+
+    def on_train_start(self) -> None:
+        self.pending_steps = []
+        self.found_inf.zero_()
+
+    def on_validation_epoch_start(self) -> None:
+        self.read_back_steps()  # so the loggers get the steps before the validation's values
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.read_back_steps()  # no checkpoint is saved past a non-finite step
+
+    def on_train_end(self) -> None:
+        self.read_back_steps()
+
+    def configure_callbacks(self) -> list[Callback]:
+        return [_ReadBackOnException()]
 
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
