@@ -90,5 +90,13 @@ def check_config(cfg: DictConfig) -> None:
             f"trainer.gradient_clip_val={clip} is invalid: give a positive norm, "
             "or null to turn clipping off."
         )
+    precision = str(cfg.trainer.get("precision"))
+    if precision in ("16-mixed", "16"):
+        problems.append(
+            f"trainer.precision={precision} is not supported: float16 mixed precision scales the loss and "
+            "skips every step whose gradients overflow, which the divergence check would take for a "
+            "diverged run. Use trainer.precision=bf16-mixed (GPUs since Ampere, and CPUs with bfloat16) "
+            "or 32-true."
+        )
     if problems:
         raise ConfigError("Invalid configuration, nothing was run: " + " ".join(problems))

@@ -22,6 +22,7 @@ BAD_VALUES = [
     ("data.anomaly_class=O", "data.anomaly_class='O' is not a class"),
     ("data.batch_size=1", "data.batch_size=1 is invalid"),
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1 is invalid"),
+    ("trainer.precision=16-mixed", "trainer.precision=16-mixed is not supported: float16 mixed precision"),
 ]
 
 
