@@ -40,6 +40,7 @@ def test_a_gpu_training_step_never_waits_for_the_device(make_cfg, option: str) -
     cfg = make_cfg("trainer=gpu", "trainer.max_epochs=3", "model.host_sync_every=50", option)
     with open_dict(cfg):
         cfg.callbacks.no_sync = {"_target_": "tests.test_gpu._NoSyncInSteps"}
+        cfg.trainer.enable_progress_bar = True  # the default run's bar, redrawn every 20 steps, too
     metrics, _ = train(cfg)  # a sync inside a step raises there, naming the operation
     assert metrics["status"] == "completed" and metrics["global_step"] > 32
 
