@@ -94,6 +94,14 @@ def test_reading_back_every_50_steps_logs_and_trains_exactly_as_every_step(make_
     assert m50["train/g_norm_max"] == m1["train/g_norm_max"] == max(float(r["train/g_norm"]) for r in rows1)
 
 
+def test_a_run_stopped_by_max_steps_mid_epoch_logs_its_last_steps(make_cfg) -> None:
+    cfg = make_cfg("trainer.max_epochs=5", "+trainer.max_steps=20", "model.host_sync_every=50")
+    metrics, _ = train(cfg)
+    # epochs of 16 steps: steps 16-19 are read back only when the cut-short epoch ends
+    assert metrics["global_step"] == 20
+    assert [int(r["step"]) for r in _csv_rows(cfg.paths.output_dir)] == list(range(20))
+
+
 @pytest.mark.parametrize(("every", "reads_per_step"), [(1, 1), (50, 0)])
 def test_no_host_read_inside_a_training_step_between_read_backs(make_cfg, every: int, reads_per_step) -> None:
     cfg = make_cfg("trainer.max_epochs=2", f"model.host_sync_every={every}")
