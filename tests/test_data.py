@@ -163,6 +163,18 @@ def test_a_cached_decode_gives_the_same_splits_as_a_fresh_one(tmp_path: Path) ->
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
+def test_the_first_decode_is_read_back_from_the_cache_like_later_runs(tmp_path: Path) -> None:
+    # The first run hands the split the cached files, not the whole decode: it never holds all of
+    # byclass's images beside the rows its split keeps.
+    write_fake_emnist(tmp_path, "byclass", n_classes=62, per_class=(20, 6))
+    first = load_source("emnist", tmp_path, "byclass", False, cache=True)
+    assert (tmp_path / "EMNIST" / "decoded").is_dir()
+    assert isinstance(first.x_train, CachedImages) and isinstance(first.x_test, CachedImages)
+    fresh = load_source("emnist", tmp_path, "byclass", False, cache=False)
+    assert torch.equal(first.x_train[torch.arange(len(first.x_train))], fresh.x_train)
+    assert torch.equal(first.y_train, fresh.y_train) and torch.equal(first.y_test, fresh.y_test)
+
+
 def test_replaced_raw_files_invalidate_the_cache(tmp_path: Path) -> None:
     write_fake_emnist(tmp_path, "byclass", n_classes=62, per_class=(20, 6), seed=0)
     old = emnist_dm(tmp_path)
