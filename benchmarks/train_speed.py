@@ -46,6 +46,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from src.cuda_check import skip_unloadable_nvml_check
 from src.data.datamodule import OneClassDataModule
 from src.metrics import AnomalyMetrics
 from src.models.components.autoencoder import AutoEncoder
@@ -271,6 +272,7 @@ def peak_rss_mib() -> float:
 
 def memory_child(root: str, n_layers: int, batch: int, steps: int, setup: Setup) -> dict:
     """In a fresh process: one training run; its DataModule's set-up time and the peak memory."""
+    skip_unloadable_nvml_check()
     setup_s = framework(Path(root), n_layers, batch, _Interleave([], steps, steps, 1, setup))
     out = {"datamodule_setup_s": setup_s, "peak_rss_mib": peak_rss_mib()}
     if setup.device == "cuda":
@@ -306,6 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--memory-n-train", type=int, default=N_BYCLASS_TRAIN, help="0 skips the memory run")
     p.add_argument("--out", type=Path, default=Path("bench_results"))
     args = p.parse_args(argv)
+    skip_unloadable_nvml_check()  # in every path alike; see src.cuda_check
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     setup = Setup(device, args.compile, args.precision)
     args.warmup += 20 if setup.compile else 0  # compilation happens in the first steps

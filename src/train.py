@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import ConfigError, check_config, register_configs
+from src.cuda_check import skip_unloadable_nvml_check
 from src.loggers import flat_config, instantiate_loggers, log_summaries
 from src.models.module import DivergedError
 from src.results import METRICS_FILE, provenance, read_metrics, write_json_atomic
@@ -75,6 +76,7 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit, test the best-``val/auroc`` checkpoint, and write ``metrics.json`` in the output dir."""
     start = time.perf_counter()
+    skip_unloadable_nvml_check()  # 0.1 ms off every Adam step on a machine without an NVIDIA driver
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):  # "high" allows TF32 on Ampere+ GPUs
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
