@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from benchmarks import logger_cost
 from benchmarks.train_speed import ReferenceLoop, Setup, _Interleave, framework, main, write_fake_emnist
 
 
@@ -33,3 +34,22 @@ def test_interleaving_runs_every_path_for_the_same_number_of_timed_steps(tmp_pat
     assert all(s > 0 for s in interleave.seconds)
     with pytest.raises(ValueError, match="--steps=5 must be a multiple of --block=2"):
         _Interleave(loops, steps=5, block=2, warmup=0, setup=setup)
+
+
+def test_logger_cost_times_each_logger_over_whole_runs(tmp_path, capsys) -> None:
+    args = ["--loggers", "csv", "wandb", "--rounds", "1", "--steps", "4", "--warmup", "2",
+            "--n-train", "2000", "--out", str(tmp_path)]  # fmt: skip
+    result = logger_cost.main(args)
+    assert [row["logger"] for row in result["rows"]] == ["csv", "wandb"]
+    assert all(len(row["runs"]) == 1 and row["ms_per_step"] > 0 for row in result["rows"])
+    assert result["rows"][0]["over_baseline"] == 1.0
+    [saved] = tmp_path.glob("logger_cost-*.json")
+    assert json.loads(saved.read_text()) == result
+    assert "| wandb |" in capsys.readouterr().out
+
+
+def test_logger_cost_names_the_logger_whose_run_failed(tmp_path) -> None:
+    with pytest.raises(RuntimeError, match="logger=no_such_logger run failed"):
+        logger_cost.main(
+            ["--loggers", "no_such_logger", "--rounds", "1", "--n-train", "500", "--out", str(tmp_path)]
+        )
