@@ -76,7 +76,7 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit, test the best-``val/auroc`` checkpoint, and write ``metrics.json`` in the output dir."""
     start = time.perf_counter()
-    skip_unloadable_nvml_check()  # 0.1 ms off every Adam step on a machine without an NVIDIA driver
+    skip_unloadable_nvml_check()  # 0.3-0.5 ms a step on a machine without an NVIDIA driver
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):  # "high" allows TF32 on Ampere+ GPUs
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
