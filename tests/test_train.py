@@ -214,3 +214,18 @@ def test_speed_options_keep_the_loss_curve(make_cfg, tmp_path: Path, option: str
         fast,
         other_seed,
     )
+
+
+def test_a_compiled_model_compiles_once_and_runs_the_smaller_last_batch_eagerly(
+    make_cfg, monkeypatch
+) -> None:
+    # digits' normal training split is not a multiple of the batch size: each epoch ends on a smaller batch
+    cfg = make_cfg("model.compile=true", "model.n_layers=1", "model.hidden_dim=8", "trainer.max_epochs=2",
+                   "logger=none")  # fmt: skip
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    torch._dynamo.utils.counters.clear()
+    metrics, objects = train(cfg)
+    sizes = {len(batch[0]) for batch in objects["datamodule"].train_dataloader()}
+    assert len(sizes) == 2, sizes  # a full batch size and a smaller last one
+    assert metrics["status"] == "completed"
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
