@@ -5,12 +5,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import wandb
 import yaml
 from PIL import Image
 
 from src.report import build_report
 from src.report import main as report_main
 from tests.conftest import REPO
+from tests.wandb_file import offline_run_files, read_run
 
 
 def multirun(sweep_dir: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -33,11 +35,15 @@ def test_multirun_then_report(tmp_path: Path) -> None:
     # eight W&B runs, named <model>-L<n_layers>-s<seed>, all in the sweep's group
     runs = wandb_files(sweep)
     assert len(runs) == 8
-    group = f"train-{sweep.name}".encode()
     names = {f"{m}-L{n}-s{s}" for m in ("ae", "rae") for n in (0, 1) for s in (0, 1)}
-    contents = [p.read_bytes() for p in runs]
-    assert all(group in c for c in contents)
-    assert {n for n in names for c in contents if n.encode() in c} == names
+    read = [read_run(p) for p in runs]
+    assert {r.run.display_name for r in read} == names
+    assert {r.run.run_group for r in read} == {f"train-{sweep.name}"}
+    assert all(r.exit_code == 0 and "test/auroc" in r.summary for r in read)
+    for r in read:  # tagged and configured as named
+        model, depth, seed = r.run.display_name.split("-")
+        assert {f"model:{model}", f"n_layers:{depth[1:]}", "data:digits"} <= set(r.run.tags)
+        assert (r.config["model.n_layers"], r.config["seed"]) == (int(depth[1:]), int(seed[1:]))
 
     assert report_main([str(sweep)]) == 0
     rows = (sweep / "results.csv").read_text().strip().splitlines()
@@ -134,8 +140,13 @@ def test_joblib_launcher_runs_wandb_jobs_in_parallel(tmp_path: Path) -> None:
     proc = multirun(sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=ae,rae",
                     "logger=wandb")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(wandb_files(sweep)) == 2
     assert len(list(sweep.glob("*/metrics.json"))) == 2
+    # each worker process's runs reach disk whole: the service closes them although the workers live on
+    runs = [read_run(p) for p in wandb_files(sweep)]
+    assert len(runs) == 2 and all(r.exit_code == 0 and "test/auroc" in r.summary for r in runs)
+    for r in runs:
+        steps = [row["trainer/global_step"] for row in r.history if "train/g_norm" in row]
+        assert steps and steps == list(range(len(steps)))
 
 
 @pytest.mark.slow
@@ -179,7 +190,16 @@ def test_report_logs_a_summary_run_to_wandb(tmp_path: Path, monkeypatch) -> None
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(multirun_cfg))
     for n in (1, 2):
         _job(sweep, f"ae{n}", [f"model.n_layers={n}"], _metrics("ae", n, 0, 0.5 + n / 10, 3.0))
-    assert report_main([str(sweep), "--wandb"]) == 0
-    [run_file] = sweep.glob("wandb/offline-run-*/*.wandb")
-    content = run_file.read_bytes()
-    assert b"degradation-sweep" in content and b"auroc_vs_depth" in content and b"results" in content
+    try:
+        assert report_main([str(sweep), "--wandb"]) == 0
+    finally:
+        wandb.teardown()  # the run's file is written once the service closes it
+    [run_file] = offline_run_files(sweep, "wandb/offline-run-*/run-*.wandb")
+    run = read_run(run_file)
+    assert (run.run.run_group, run.run.display_name, run.run.job_type) == (
+        "degradation-sweep", "report-sweep", "report")  # fmt: skip
+    assert run.exit_code == 0
+    logged = {key: value for row in run.history for key, value in row.items()}  # nested keys joined by "."
+    assert logged["results._type"] == "table-file" and logged["auroc_vs_depth._type"] == "image-file"
+    for key in ("results", "auroc_vs_depth"):  # the table and the plot are in the run's files
+        assert (run_file.parent / "files" / logged[f"{key}.path"]).is_file()
