@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.config import ConfigError, check_config, register_configs
 from src.cuda_check import skip_unloadable_nvml_check
+from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundError
 from src.loggers import flat_config, instantiate_loggers, log_summaries
 from src.models.module import DivergedError
 from src.results import METRICS_FILE, provenance, read_metrics, write_json_atomic
@@ -143,8 +144,8 @@ def main(cfg: DictConfig) -> float | None:
         check_config(cfg)
         metrics, _ = train(cfg)
         exit_code = 0
-    except ConfigError as err:
-        _stop(err, exit_code=2)
+    except (ConfigError, DatasetNotFoundError, CorruptDataError, CacheWriteError) as err:
+        _stop(err, exit_code=2)  # a setting or a data file to fix: the message names it and the fix
     except DivergedError as err:
         _stop(err, exit_code=3)
     except SIGTERMException:  # Lightning exits with status 0 on SIGTERM; a scheduler must see 143

@@ -195,6 +195,22 @@ def test_label_count_mismatch_is_named(tmp_path: Path) -> None:
         OneClassDataModule("emnist", root=str(tmp_path)).setup()
 
 
+def test_cli_on_a_corrupt_data_file_stops_in_one_paragraph_and_records_the_failure(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_fake_emnist(root, "byclass", n_classes=62, per_class=(4, 2))
+    path = root / "EMNIST" / "raw" / "emnist-byclass-train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    run_dir = tmp_path / "run"
+    proc = cli("data=emnist", "trainer=cpu", "logger=csv", f"data.root={root}", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    [error] = [line for line in output.splitlines() if "ERROR" in line]
+    assert f"{path} is corrupt:" in error and "truncated" in error and "Fix:" in error
+    assert "Traceback" not in output
+    # found as the run starts (the missing-file check comes before): recorded as failed, for the report
+    assert metrics(run_dir)["status"] == "failed" and "truncated" in metrics(run_dir)["error"]
+
+
 @pytest.mark.slow
 def test_a_40_job_sweep_with_faults_accounts_for_every_job(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"

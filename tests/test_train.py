@@ -155,8 +155,10 @@ def test_cli_trains_with_wandb_and_prints_where_outputs_are(tmp_path: Path) -> N
 
 def test_cli_on_missing_emnist_stops_with_the_clear_error(tmp_path: Path) -> None:
     proc = run_cli("model=rvae", "model.n_layers=6", "logger=csv", cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "data.root=" in proc.stderr and "data=digits" in proc.stderr
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    [error] = [line for line in output.splitlines() if "ERROR" in line]  # one paragraph, no traceback
+    assert "was not found under data.root=" in error and "data=digits" in error and "Traceback" not in output
     assert not list(tmp_path.rglob("metrics.json"))
 
 
