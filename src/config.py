@@ -5,6 +5,7 @@ composition; ``check_config`` rejects out-of-range values before any data is rea
 from dataclasses import dataclass, fields
 from typing import Any
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
@@ -98,5 +99,27 @@ def check_config(cfg: DictConfig) -> None:
             "diverged run. Use trainer.precision=bf16-mixed (GPUs since Ampere, and CPUs with bfloat16) "
             "or 32-true."
         )
+    problems += _device_problems(cfg.trainer)
     if problems:
         raise ConfigError("Invalid configuration, nothing was run: " + " ".join(problems))
+
+
+def _device_problems(trainer: DictConfig) -> list[str]:
+    """A GPU asked for where torch sees none (or fewer than asked), said before any data is read."""
+    accelerator, devices = str(trainer.get("accelerator")), trainer.get("devices")
+    if accelerator not in ("gpu", "cuda"):
+        return []
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only"
+    if found == 0:
+        return [
+            f"trainer.accelerator={accelerator} asks for a CUDA GPU, but torch sees none (torch "
+            f"{torch.__version__}, built for {build}). Use trainer=cpu, or trainer.accelerator=auto to take "
+            "a GPU where there is one; on a GPU machine, check nvidia-smi and CUDA_VISIBLE_DEVICES."
+        ]
+    if isinstance(devices, int) and devices > found:
+        return [
+            f"trainer.devices={devices} asks for more GPUs than torch sees ({found}). Use "
+            f"trainer.devices={found} or fewer, or trainer.devices=-1 for all of them."
+        ]
+    return []

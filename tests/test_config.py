@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
@@ -65,6 +66,29 @@ def test_wrong_types_and_typos_fail_at_composition(override: str, message: str) 
     with pytest.raises((ConfigCompositionException, ValidationError)) as err:
         compose_train([override])
     assert message in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    "overrides,gpus,message",
+    [
+        (["trainer=gpu"], 0, "trainer.accelerator=gpu asks for a CUDA GPU, but torch sees none"),
+        (["trainer=ddp"], 0, "trainer.accelerator=gpu asks for a CUDA GPU, but torch sees none"),
+        (["trainer=gpu", "trainer.devices=4"], 2, "trainer.devices=4 asks for more GPUs than torch sees (2)"),
+        (["trainer=gpu"], 1, None),
+        (["trainer=ddp"], 2, None),  # devices=-1: all of them
+        (["trainer=cpu"], 0, None),
+    ],
+)
+def test_a_gpu_that_is_not_there_is_named_before_anything_runs(monkeypatch, overrides, gpus, message) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    cfg = compose_train(overrides)
+    if message is None:
+        check_config(cfg)
+        return
+    with pytest.raises(ConfigError, match="nothing was run") as err:
+        check_config(cfg)
+    assert message in str(err.value) and "trainer" in str(err.value)
 
 
 def test_the_defaults_pass() -> None:
