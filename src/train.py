@@ -45,6 +45,11 @@ def resume_path(cfg: DictConfig) -> str | None:
     ckpt = cfg.get("ckpt_path")
     if ckpt == "last" and not last.is_file():
         raise ConfigError(f"ckpt_path=last but {last} does not exist: pass the run's hydra.run.dir.")
+    if ckpt not in (None, "last") and "://" not in str(ckpt) and not Path(ckpt).is_file():
+        raise ConfigError(
+            f"ckpt_path={ckpt} is not a file: give a checkpoint's path (a run's checkpoints/last.ckpt, or "
+            "the best_checkpoint its metrics.json names), or ckpt_path=last with the run's hydra.run.dir."
+        )
     if ckpt == "last" or (ckpt is None and cfg.get("resume") and last.is_file()):
         log.info("Resuming from %s", last)
         return str(last)
@@ -57,7 +62,10 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None else ""
     if not best:
-        log.warning("No best checkpoint (no ModelCheckpoint or fast_dev_run): testing final weights.")
+        log.warning(
+            "No best checkpoint (training stopped before any validation, or no ModelCheckpoint, or "
+            "fast_dev_run): testing the final weights; val/auroc is none."
+        )
     trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
     test_metrics = dict(trainer.callback_metrics)
     value = lambda d, k: float(d[k]) if k in d else None  # noqa: E731
@@ -157,7 +165,8 @@ def main(cfg: DictConfig) -> float | None:
         wandb = sys.modules.get("wandb")
         if wandb is not None:
             wandb.finish(exit_code=exit_code)
-    print(f"test/auroc: {metrics['test/auroc']:.4f}   (val/auroc best: {metrics['val/auroc']:.4f})")
+    shown = {k: "none" if metrics[k] is None else f"{metrics[k]:.4f}" for k in ("test/auroc", "val/auroc")}
+    print(f"test/auroc: {shown['test/auroc']}   (val/auroc best: {shown['val/auroc']})")
     print(f"outputs: {output_dir}")
     return metrics.get(cfg.get("optimized_metric"))
 

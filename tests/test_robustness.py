@@ -112,10 +112,12 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     assert [metrics(killed)[k] for k in keys] == [metrics(full)[k] for k in keys]
 
 
-def test_ckpt_path_last_without_a_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
-    proc = cli(*ONE_JOB, "ckpt_path=last", "logger=csv", f"hydra.run.dir={tmp_path}")
+@pytest.mark.parametrize("ckpt,message", [("last", "ckpt_path=last but"), ("/no/such.ckpt", "is not a file")])
+def test_a_missing_checkpoint_is_a_clear_error(tmp_path: Path, ckpt: str, message: str) -> None:
+    proc = cli(*ONE_JOB, f"ckpt_path={ckpt}", "logger=csv", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
-    assert "ckpt_path=last but" in proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert f"ckpt_path={ckpt}" in output and message in output and "Traceback" not in output
     assert not (tmp_path / "metrics.json").exists()  # a bad setting, not a failed run
 
 

@@ -95,7 +95,7 @@ def test_reading_back_every_50_steps_logs_and_trains_exactly_as_every_step(make_
 
 
 def test_a_run_stopped_by_max_steps_mid_epoch_logs_its_last_steps(make_cfg) -> None:
-    cfg = make_cfg("trainer.max_epochs=5", "+trainer.max_steps=20", "model.host_sync_every=50")
+    cfg = make_cfg("trainer.max_epochs=5", "trainer.max_steps=20", "model.host_sync_every=50")
     metrics, _ = train(cfg)
     # epochs of 16 steps: steps 16-19 are read back only when the cut-short epoch ends
     assert metrics["global_step"] == 20

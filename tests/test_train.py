@@ -162,6 +162,16 @@ def test_cli_on_missing_emnist_stops_with_the_clear_error(tmp_path: Path) -> Non
     assert not list(tmp_path.rglob("metrics.json"))
 
 
+def test_a_run_stopped_before_any_validation_is_tested_on_its_final_weights(tmp_path: Path) -> None:
+    proc = run_cli("data=digits", "trainer=cpu", "trainer.max_steps=5", cwd=tmp_path)  # W&B offline
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "val/auroc best: none" in proc.stdout and "testing the final weights" in proc.stdout + proc.stderr
+    [path] = tmp_path.rglob("metrics.json")
+    saved = json.loads(path.read_text())
+    assert saved["status"] == "completed" and saved["global_step"] == 5 and saved["val/auroc"] is None
+    assert 0 <= saved["test/auroc"] <= 1 and saved["best_checkpoint"] is None
+
+
 def test_cli_trains_on_emnist_files_in_data_root(tmp_path: Path, fake_emnist) -> None:
     root, _ = fake_emnist
     proc = run_cli(
