@@ -45,7 +45,9 @@ def resume_path(cfg: DictConfig) -> str | None:
     ckpt = cfg.get("ckpt_path")
     if ckpt == "last" and not last.is_file():
         raise ConfigError(f"ckpt_path=last but {last} does not exist: pass the run's hydra.run.dir.")
-    if ckpt not in (None, "last") and "://" not in str(ckpt) and not Path(ckpt).is_file():
+    # None, and the names and URLs Lightning resolves itself, are not local files
+    named = ckpt in (None, "last", "hpc") or str(ckpt).startswith("registry") or "://" in str(ckpt)
+    if not named and not Path(ckpt).is_file():
         raise ConfigError(
             f"ckpt_path={ckpt} is not a file: give a checkpoint's path (a run's checkpoints/last.ckpt, or "
             "the best_checkpoint its metrics.json names), or ckpt_path=last with the run's hydra.run.dir."
