@@ -32,6 +32,13 @@ class ResilientWandbLogger(WandbLogger):
                             what, type(err).__name__, err)  # fmt: skip
                 self._warned = True
 
+    @property
+    def experiment(self):
+        # Lightning passes ``anonymous=None``, which wandb 0.31 takes as set and warns about in every run.
+        if "anonymous" in self._wandb_init and self._wandb_init["anonymous"] is None:
+            del self._wandb_init["anonymous"]
+        return super().experiment
+
     def log_metrics(self, metrics, step=None) -> None:
         self._guard("log metrics", super().log_metrics, metrics, step)
 

@@ -4,6 +4,7 @@ host read inside a training step in between, and a divergence still stops the ru
 before it."""
 
 import csv
+import logging
 from pathlib import Path
 
 import hydra
@@ -14,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import open_dict
 from torch.overrides import TorchFunctionMode
 
-from src.models.module import AnomalyAutoEncoder, DivergedError
+from src.models.module import AnomalyAutoEncoder, DivergedError, _ReadBackOnException
 from src.train import train
 
 # Tensor methods that copy a value to the host; on a GPU each one waits for the device's queue.
@@ -149,3 +150,19 @@ def test_a_failing_run_logs_the_steps_not_yet_read_back(make_cfg) -> None:
 
 def model_args(cfg) -> dict:
     return {k: v for k, v in cfg.model.items() if k != "_target_"}
+
+
+def test_fit_then_test_holds_one_read_back_callback_and_no_override_notice(make_cfg) -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    lightning_log = logging.getLogger("lightning.pytorch")
+    lightning_log.addHandler(handler)
+    try:
+        _, objects = train(make_cfg("trainer.max_epochs=1"))
+    finally:
+        lightning_log.removeHandler(handler)
+    messages = [r.getMessage() for r in records]
+    assert any("Restoring states from the checkpoint" in m for m in messages)  # test() ran, and was heard
+    assert not [m for m in messages if "override existing callbacks" in m]
+    assert sum(isinstance(c, _ReadBackOnException) for c in objects["trainer"].callbacks) == 1

@@ -15,8 +15,8 @@ from tests.conftest import REPO
 from tests.wandb_file import offline_run_files, read_run
 
 
-def multirun(sweep_dir: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+def multirun(sweep_dir: Path, *overrides: str, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO)} | env
     cmd = [sys.executable, "-m", "src.train", "--multirun", "data=digits", "trainer=cpu",
            "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}",
            f"paths.root_dir={sweep_dir.parent}", *overrides]  # fmt: skip
@@ -29,8 +29,14 @@ def wandb_files(sweep_dir: Path) -> list[Path]:
 
 def test_multirun_then_report(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = multirun(sweep, "model=ae,rae", "model.n_layers=0,1", "seed=0,1", "logger=wandb_csv")
+    proc = multirun(
+        sweep, "model=ae,rae", "model.n_layers=0,1", "seed=0,1", "logger=wandb_csv", WANDB_SILENT="false"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert output.count("wandb: Tracking run") == 8
+    assert "wandb: WARNING" not in output  # e.g. the deprecated `anonymous` setting Lightning passes
+    assert "override existing callbacks" not in output  # one read-back callback, not one per fit/test
 
     # eight W&B runs, named <model>-L<n_layers>-s<seed>, all in the sweep's group
     runs = wandb_files(sweep)

@@ -264,6 +264,10 @@ class AnomalyAutoEncoder(LightningModule):
         self.read_back_steps()
 
     def configure_callbacks(self) -> list[Callback]:
+        # Lightning asks again at every ``test``/``validate`` after ``fit``; a second instance would
+        # replace the first with an "override existing callbacks" notice in every run's output.
+        if any(isinstance(c, _ReadBackOnException) for c in self.trainer.callbacks):
+            return []
         return [_ReadBackOnException()]
 
     def configure_gradient_clipping(
