@@ -114,10 +114,11 @@ def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
     return loggers
 
 
-def flat_config(cfg: DictConfig) -> dict[str, Any]:
-    """The run's settings as flat ``model.n_layers``-style keys, for loggers to plot against."""
+def flat_config(cfg: DictConfig, input_dim: int) -> dict[str, Any]:
+    """The run's settings as flat ``model.n_layers``-style keys, for loggers to plot against, with the
+    input size the data gave the model as ``model.input_dim``."""
     groups = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "trainer")}
-    return _flatten(groups) | {"seed": cfg.seed}
+    return _flatten(groups) | {"model.input_dim": input_dim, "seed": cfg.seed}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

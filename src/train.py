@@ -100,7 +100,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_loggers(cfg))
     for lg in trainer.loggers:
-        lg.log_hyperparams(flat_config(cfg))
+        lg.log_hyperparams(flat_config(cfg, datamodule.input_dim))
 
     save = lambda results: _save_record(cfg, trainer, model, time.perf_counter() - start, results)  # noqa: E731
     try:

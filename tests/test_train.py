@@ -100,6 +100,9 @@ def test_wandb_offline_run_logs_the_study_keys(cfg_train) -> None:
     run = read_run(path)
     assert run.exit_code == 0
     assert run.config["model.n_layers"] == 4 and run.config["data.dataset"] == "digits"
+    assert run.config["model.input_dim"] == 64  # from the data
+    # each setting once, under its group: not also as Lightning's copy of the module's hparams
+    assert {k for k in run.config if "." not in k} == {"seed", "_wandb"}
     assert study_keys <= run.summary.keys()
     # every training step logged once, in order, with its loss, norm and KL
     steps = [row for row in run.history if "train/loss" in row]

@@ -125,7 +125,9 @@ class AnomalyAutoEncoder(LightningModule):
         check_model_settings(
             input_dim, n_layers, hidden_dim, latent_dim, block, beta, lr, weight_decay, host_sync_every
         )
-        self.save_hyperparameters()
+        # Kept in checkpoints, not sent to loggers: ``src.train`` logs the whole config as flat ``model.*``
+        # keys, and both would put every model setting in W&B twice (``n_layers`` and ``model.n_layers``).
+        self.save_hyperparameters(logger=False)
         self.net = AutoEncoder(input_dim, latent_dim, hidden_dim, n_layers, residual, variational, block)
         if compile:
             # A fresh compile cache: multirun jobs share a process, and the graphs of earlier jobs' models
