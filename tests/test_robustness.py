@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,18 @@ def test_a_missing_checkpoint_is_a_clear_error(tmp_path: Path, ckpt: str, messag
     assert not (tmp_path / "metrics.json").exists()  # a bad setting, not a failed run
 
 
+@pytest.fixture
+def sigint_reaches_children():
+    """A shell starts a background job (``make test &``) with SIGINT ignored, its children inherit that,
+    and Python keeps an ignored SIGINT ignored: the runs under test must take Ctrl-C as a foreground
+    run does. (A handled signal is reset to the default in a child, so the child's Python installs its
+    KeyboardInterrupt handler.)"""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_reaches_children")
 @pytest.mark.parametrize("signum", [2, 15])  # SIGINT (Ctrl-C), SIGTERM (preemption)
 def test_an_interrupted_run_saves_a_checkpoint_and_resumes(tmp_path: Path, signum: int) -> None:
     args = [*ONE_JOB, "logger=csv", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}",
