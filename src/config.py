@@ -47,7 +47,7 @@ class DataConfig:
 
 
 DATA_CHECKED = ("dataset", "split", "anomaly_class", "anomaly_ratio", "val_fraction", "batch_size",
-                "eval_batch_size")  # fmt: skip
+                "eval_batch_size", "num_workers")  # fmt: skip
 MODEL_CHECKED = ("n_layers", "hidden_dim", "latent_dim", "block", "beta", "lr", "weight_decay",
                  "host_sync_every")  # fmt: skip
 
@@ -99,9 +99,27 @@ def check_config(cfg: DictConfig) -> None:
             "diverged run. Use trainer.precision=bf16-mixed (GPUs since Ampere, and CPUs with bfloat16) "
             "or 32-true."
         )
+    problems += _seed_and_length_problems(cfg)
     problems += _device_problems(cfg.trainer)
     if problems:
         raise ConfigError("Invalid configuration, nothing was run: " + " ".join(problems))
+
+
+def _seed_and_length_problems(cfg: DictConfig) -> list[str]:
+    """The seed and the run's length, which numpy and Lightning would reject with a traceback."""
+    problems = []
+    seed = cfg.get("seed")
+    if not (isinstance(seed, int) and 0 <= seed < 2**32):
+        problems.append(
+            f"seed={seed!r} is invalid: it must be an integer from 0 to {2**32 - 1} (numpy's range)."
+        )
+    for key in ("max_epochs", "max_steps"):
+        value = cfg.trainer.get(key)
+        if value is not None and not (isinstance(value, int) and value >= -1):
+            problems.append(
+                f"trainer.{key}={value!r} is invalid: it must be an integer >= 0, or -1 for no limit."
+            )
+    return problems
 
 
 def _device_problems(trainer: DictConfig) -> list[str]:

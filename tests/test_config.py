@@ -24,6 +24,13 @@ BAD_VALUES = [
     ("data.batch_size=1", "data.batch_size=1 is invalid"),
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1 is invalid"),
     ("trainer.precision=16-mixed", "trainer.precision=16-mixed is not supported: float16 mixed precision"),
+    ("data.num_workers=-1", "data.num_workers=-1 is invalid: it must be >= 0"),
+    ("seed=-1", "seed=-1 is invalid: it must be an integer from 0 to 4294967295"),
+    ("seed=4294967296", "seed=4294967296 is invalid"),
+    ("seed=zero", "seed='zero' is invalid"),
+    ("trainer.max_epochs=-5", "trainer.max_epochs=-5 is invalid: it must be an integer >= 0, or -1"),
+    ("trainer.max_steps=-2", "trainer.max_steps=-2 is invalid"),
+    ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5 is invalid"),
 ]
 
 
@@ -89,6 +96,13 @@ def test_a_gpu_that_is_not_there_is_named_before_anything_runs(monkeypatch, over
     with pytest.raises(ConfigError, match="nothing was run") as err:
         check_config(cfg)
     assert message in str(err.value) and "trainer" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override", ["seed=4294967295", "trainer.max_epochs=-1", "trainer.max_steps=0", "data.num_workers=2"]
+)
+def test_values_at_the_edge_of_the_range_pass(override: str) -> None:
+    check_config(compose_train([override]))
 
 
 def test_the_defaults_pass() -> None:

@@ -125,6 +125,7 @@ def check_data_settings(
     val_fraction: float,
     batch_size: int,
     eval_batch_size: int,
+    num_workers: int = 0,
 ) -> list[int]:
     """Validate the data settings without reading any data; return the anomaly labels.
 
@@ -148,6 +149,10 @@ def check_data_settings(
         bad.append(f"data.batch_size={batch_size!r} is invalid: BatchNorm needs at least 2 samples.")
     if eval_batch_size < 1:
         bad.append(f"data.eval_batch_size={eval_batch_size!r} is invalid: it must be >= 1.")
+    if num_workers < 0:
+        bad.append(
+            f"data.num_workers={num_workers!r} is invalid: it must be >= 0 (0 loads in the main process)."
+        )
     try:
         labels = resolve_anomaly_classes(anomaly_class, class_names(dataset, split))
     except ValueError as err:
@@ -195,7 +200,14 @@ class OneClassDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.anomaly_classes = check_data_settings(
-            dataset, split, anomaly_class, anomaly_ratio, val_fraction, batch_size, eval_batch_size
+            dataset,
+            split,
+            anomaly_class,
+            anomaly_ratio,
+            val_fraction,
+            batch_size,
+            eval_batch_size,
+            num_workers,
         )
         self.save_hyperparameters(logger=False)
         self.data_train: InMemoryBatches | None = None
