@@ -106,7 +106,8 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _seed_and_length_problems(cfg: DictConfig) -> list[str]:
-    """The seed and the run's length, which numpy and Lightning would reject with a traceback."""
+    """The seed, the run's length and its validation cadence, which numpy and Lightning would reject
+    with a traceback (``check_val_every_n_epoch=0``: a division by zero after the first epoch)."""
     problems = []
     seed = cfg.get("seed")
     if not (isinstance(seed, int) and 0 <= seed < 2**32):
@@ -119,6 +120,12 @@ def _seed_and_length_problems(cfg: DictConfig) -> list[str]:
             problems.append(
                 f"trainer.{key}={value!r} is invalid: it must be an integer >= 0, or -1 for no limit."
             )
+    every = cfg.trainer.get("check_val_every_n_epoch")
+    if every is not None and not (isinstance(every, int) and every >= 1):
+        problems.append(
+            f"trainer.check_val_every_n_epoch={every!r} is invalid: it must be an integer >= 1 (validation "
+            "picks the checkpoint that is tested)."
+        )
     return problems
 
 

@@ -11,6 +11,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -84,6 +85,19 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
     }
 
 
+def _instantiate_trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:
+    """Lightning's ``Trainer`` from ``cfg.trainer``; a setting it rejects is a ``ConfigError``."""
+    try:
+        return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        raise ConfigError(
+            f"Invalid trainer settings, nothing was run: Lightning's Trainer rejected them "
+            f"({type(cause).__name__}: {cause}). Fix the trainer.* override it names; "
+            "`python -m src.train --cfg job` prints the composed trainer group."
+        ) from err
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit, test the best-``val/auroc`` checkpoint, and write ``metrics.json`` in the output dir."""
     start = time.perf_counter()
@@ -98,7 +112,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning rejects a bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_loggers(cfg))
+    trainer = _instantiate_trainer(cfg, callbacks)
+    trainer.loggers = instantiate_loggers(cfg)  # after the Trainer: a rejected setting starts no W&B run
     for lg in trainer.loggers:
         lg.log_hyperparams(flat_config(cfg, datamodule.input_dim))
 

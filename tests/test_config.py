@@ -31,6 +31,10 @@ BAD_VALUES = [
     ("trainer.max_epochs=-5", "trainer.max_epochs=-5 is invalid: it must be an integer >= 0, or -1"),
     ("trainer.max_steps=-2", "trainer.max_steps=-2 is invalid"),
     ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5 is invalid"),
+    (
+        "trainer.check_val_every_n_epoch=0",
+        "trainer.check_val_every_n_epoch=0 is invalid: it must be an integer >= 1",
+    ),
 ]
 
 

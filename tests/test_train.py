@@ -12,6 +12,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import open_dict
 
+from src.config import ConfigError
 from src.models.module import AnomalyAutoEncoder
 from src.train import train
 from tests.conftest import REPO, csv_metric, epoch_losses
@@ -252,3 +253,17 @@ def test_a_compiled_model_compiles_once_and_runs_the_smaller_last_batch_eagerly(
     assert len(sizes) == 2, sizes  # a full batch size and a smaller last one
     assert metrics["status"] == "completed"
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [("trainer.precision=foo", "Precision 'foo' is invalid"), ("trainer.devices=0", "Trainer(devices=0)")],
+)
+def test_a_setting_the_trainer_rejects_stops_before_any_logger_starts(
+    make_cfg, override: str, message: str
+) -> None:
+    cfg = make_cfg("logger=wandb", override)
+    with pytest.raises(ConfigError, match="Invalid trainer settings, nothing was run") as err:
+        train(cfg)
+    assert message in str(err.value)
+    assert not (Path(cfg.paths.output_dir) / "wandb").exists()  # no W&B run was started for it
