@@ -9,7 +9,8 @@ ARGS ?=
 .DEFAULT_GOAL := help
 EXP ?= degradation
 DIR ?=
-.PHONY: help install train sweep report bench test test-full test-gpu lint format clean-logs
+CKPT ?=
+.PHONY: help install train sweep report eval bench test test-full test-gpu lint format clean-logs
 
 help: ## List every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +32,10 @@ sweep: $(STAMP) ## Run a study sweep: EXP=degradation|rvae_vs_vae|rvae_vs_vae_de
 report: $(STAMP) ## Tables and plots of a sweep: DIR=logs/<task>/multiruns/<time> (ARGS=--wandb to log them)
 	@test -n "$(DIR)" || { echo "usage: make report DIR=logs/<task>/multiruns/<time>"; exit 2; }
 	$(PY) -m src.report $(DIR) $(ARGS)
+
+eval: $(STAMP) ## Score a trained run again: CKPT=logs/train/runs/<time> (or a .ckpt; ARGS="stage=val ...")
+	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=logs/train/runs/<time> [ARGS=\"stage=val\"]"; exit 2; }
+	$(PY) -m src.eval ckpt_path=$(CKPT) $(ARGS)
 
 bench: $(STAMP) ## Throughput vs a hand-written loop and a naive pipeline (ARGS="--n-train 50000 ...")
 	$(PY) -m benchmarks.train_speed $(ARGS)

@@ -106,8 +106,9 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _seed_and_length_problems(cfg: DictConfig) -> list[str]:
-    """The seed, the run's length and its validation cadence, which numpy and Lightning would reject
-    with a traceback (``check_val_every_n_epoch=0``: a division by zero after the first epoch)."""
+    """The seed, the run's length and its logging and validation cadence, which numpy and Lightning would
+    reject with a traceback (``check_val_every_n_epoch=0``: a division by zero after the first epoch) or
+    take silently (``log_every_n_steps=-1`` logs every step)."""
     problems = []
     seed = cfg.get("seed")
     if not (isinstance(seed, int) and 0 <= seed < 2**32):
@@ -120,6 +121,12 @@ def _seed_and_length_problems(cfg: DictConfig) -> list[str]:
             problems.append(
                 f"trainer.{key}={value!r} is invalid: it must be an integer >= 0, or -1 for no limit."
             )
+    log_every = cfg.trainer.get("log_every_n_steps")
+    if log_every is not None and not (isinstance(log_every, int) and log_every >= 0):
+        problems.append(
+            f"trainer.log_every_n_steps={log_every!r} is invalid: it must be an integer >= 1, or 0 for no "
+            "per-step values (train/loss, train/g_norm) in the loggers."
+        )
     every = cfg.trainer.get("check_val_every_n_epoch")
     if every is not None and not (isinstance(every, int) and every >= 1):
         problems.append(

@@ -130,8 +130,10 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def log_summaries(loggers: list[Logger], record: dict[str, Any]) -> None:
-    """Final train loss, best val AUROC, test AUROC and max g_norm as W&B run summaries."""
+    """Final train loss, best val AUROC, test AUROC, max g_norm and the split's sizes (``split/val_anomaly``,
+    ...) as W&B run summaries."""
     summary = {k: record[k] for k in SUMMARY_KEYS if record.get(k) is not None}
+    summary |= {f"split/{k}": n for k, n in (record.get("split") or {}).items()}
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             try:

@@ -1,7 +1,9 @@
-"""The study's figures from a sweep's ``results.csv`` rows and its jobs' CSV histories."""
+"""The study's figures from a sweep's ``results.csv`` rows and its jobs' CSV histories, and the score
+distributions ``src.eval`` draws."""
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib import rcParams
 from matplotlib.figure import Figure
@@ -38,6 +40,25 @@ def by_class(df: pd.DataFrame, path: Path) -> Path:
     table.plot.bar(ax=ax, rot=0)
     ax.set(xlabel="held-out class", ylabel="test AUROC", title="AUROC per held-out class", ylim=(0, 1))
     ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def score_histogram(scores: np.ndarray, anomaly: np.ndarray, title: str, path: Path) -> Path:
+    """Distributions of the anomaly scores of normal and anomalous samples, on a log axis when the
+    scores are positive and span more than a factor of 10 (reconstruction errors often do)."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    lo, hi = (float(scores.min()), float(scores.max())) if len(scores) else (0.0, 1.0)
+    log_axis = lo > 0 and hi > 10 * lo
+    bins = np.geomspace(lo, hi, 51) if log_axis else np.linspace(lo, hi if hi > lo else lo + 1, 51)
+    for value, label in ((0, "normal"), (1, "anomalous")):
+        part = scores[anomaly == value]
+        ax.hist(part, bins=bins, alpha=0.6, density=True, label=f"{label} ({len(part)})")
+    ax.set(xlabel="anomaly score (reconstruction error)", ylabel="density", title=title)
+    if log_axis:
+        ax.set_xscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
     return _save(fig, path)
 
 

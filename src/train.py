@@ -85,10 +85,11 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
     }
 
 
-def _instantiate_trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:
-    """Lightning's ``Trainer`` from ``cfg.trainer``; a setting it rejects is a ``ConfigError``."""
+def _instantiate_trainer(cfg: DictConfig, callbacks: list, **kwargs: Any) -> L.Trainer:
+    """Lightning's ``Trainer`` from ``cfg.trainer`` (and ``kwargs``); a setting it rejects is a
+    ``ConfigError``."""
     try:
-        return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+        return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=False, **kwargs)
     except InstantiationException as err:
         cause = err.__cause__ or err
         raise ConfigError(
@@ -117,7 +118,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     for lg in trainer.loggers:
         lg.log_hyperparams(flat_config(cfg, datamodule.input_dim))
 
-    save = lambda results: _save_record(cfg, trainer, model, time.perf_counter() - start, results)  # noqa: E731
+    def save(results: dict[str, Any]) -> dict[str, Any]:
+        return _save_record(cfg, trainer, model, datamodule, time.perf_counter() - start, results)
+
     try:
         record = save(_fit_and_test(trainer, model, datamodule, ckpt_path))
     except DivergedError as err:
@@ -138,19 +141,25 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return record, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 
-def _save_record(cfg, trainer, model, wall_time_s: float, results: dict[str, Any]) -> dict[str, Any]:
+def _save_record(
+    cfg, trainer, model, datamodule, wall_time_s: float, results: dict[str, Any]
+) -> dict[str, Any]:
     """Write ``metrics.json`` atomically (on rank 0 only under DDP) and return its content."""
     record = run_settings(cfg) | results
-    record |= {"n_params": sum(p.numel() for p in model.parameters()), "wall_time_s": wall_time_s}
+    record |= {
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "split": datamodule.split_sizes,  # normals and anomalies per split; None if never set up
+        "wall_time_s": wall_time_s,
+    }
     if trainer.is_global_zero:
         write_json_atomic(Path(cfg.paths.output_dir) / METRICS_FILE, record)
     return record
 
 
-def _stop(err: Exception, exit_code: int) -> None:
+def _stop(err: Exception, exit_code: int, logger: logging.Logger = log) -> None:
     """Report an expected failure in one paragraph: a single run exits with ``exit_code``; in a
     multirun the error goes back to Hydra, which records it and runs the other jobs."""
-    log.error(str(err))
+    logger.error(str(err))
     if HydraConfig.get().mode == RunMode.RUN:
         raise SystemExit(exit_code) from None
     raise err

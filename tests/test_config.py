@@ -31,6 +31,7 @@ BAD_VALUES = [
     ("trainer.max_epochs=-5", "trainer.max_epochs=-5 is invalid: it must be an integer >= 0, or -1"),
     ("trainer.max_steps=-2", "trainer.max_steps=-2 is invalid"),
     ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5 is invalid"),
+    ("trainer.log_every_n_steps=-1", "trainer.log_every_n_steps=-1 is invalid: it must be an integer >= 1"),
     (
         "trainer.check_val_every_n_epoch=0",
         "trainer.check_val_every_n_epoch=0 is invalid: it must be an integer >= 1",
@@ -103,7 +104,14 @@ def test_a_gpu_that_is_not_there_is_named_before_anything_runs(monkeypatch, over
 
 
 @pytest.mark.parametrize(
-    "override", ["seed=4294967295", "trainer.max_epochs=-1", "trainer.max_steps=0", "data.num_workers=2"]
+    "override",
+    [
+        "seed=4294967295",
+        "trainer.max_epochs=-1",
+        "trainer.max_steps=0",
+        "data.num_workers=2",
+        "trainer.log_every_n_steps=0",
+    ],
 )
 def test_values_at_the_edge_of_the_range_pass(override: str) -> None:
     check_config(compose_train([override]))

@@ -1,3 +1,4 @@
+import logging
 import math
 from pathlib import Path
 from urllib.error import URLError
@@ -144,6 +145,35 @@ def test_digits_are_64_dimensional_and_offline() -> None:
     assert dm.input_dim == 64 and x.shape[1] == 64
     assert set(y.tolist()) == {0, 1}
     assert dm.data_train.y.sum() == 0
+
+
+def test_split_sizes_count_each_split_and_are_logged(fake_emnist, caplog) -> None:
+    root, _ = fake_emnist
+    with caplog.at_level(logging.INFO, logger="src.data.datamodule"):
+        dm = emnist_dm(root, anomaly_class=[0, 24, 50], anomaly_ratio=0.35)
+    n = dm.split_sizes
+    assert n["train_normal"] == len(dm.data_train)
+    for part, ds in (("val", dm.data_val), ("test", dm.data_test)):
+        assert n[f"{part}_anomaly"] == int(ds.y.sum()) > 0
+        assert n[f"{part}_normal"] == len(ds) - int(ds.y.sum()) > 0
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Split of emnist")]
+    assert f"val {n['val_normal']} normal and {n['val_anomaly']} anomalous" in line
+    assert f"test {n['test_normal']} normal and {n['test_anomaly']} anomalous" in line
+
+
+def test_a_split_with_too_few_of_one_class_warns_naming_the_setting(caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="src.data.datamodule"):
+        OneClassDataModule("digits", anomaly_class=0).setup("fit")
+    assert not caplog.records  # the default ratio leaves enough of both classes
+    with caplog.at_level(logging.WARNING, logger="src.data.datamodule"):
+        dm = OneClassDataModule("digits", anomaly_class=0, anomaly_ratio=0.99)
+        dm.setup("fit")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert dm.split_sizes["test_normal"] < 10 and dm.split_sizes["val_normal"] < 10
+    assert len(warned) == 2
+    for part, message in zip(("val", "test"), warned, strict=True):
+        assert message.startswith(f"The {part} split holds only {dm.split_sizes[f'{part}_normal']} normal")
+        assert "data.anomaly_ratio=0.99" in message and "fewer than 10 normal samples" in message
 
 
 def _splits(dm: OneClassDataModule) -> list[torch.Tensor]:

@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import subprocess
@@ -52,8 +53,12 @@ def test_multirun_then_report(tmp_path: Path) -> None:
         assert (r.config["model.n_layers"], r.config["seed"]) == (int(depth[1:]), int(seed[1:]))
 
     assert report_main([str(sweep)]) == 0
-    rows = (sweep / "results.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + 8
+    with open(sweep / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8
+    # every job was tested on the same split (data.seed), whose sizes each row carries
+    assert len({(r["test_normal"], r["test_anomaly"]) for r in rows}) == 1
+    assert int(rows[0]["test_normal"]) > 0 and int(rows[0]["test_anomaly"]) > 0
     report = (sweep / "report.md").read_text()
     assert "8 jobs expected, 8 started: 8 completed; 0 missing" in report
     table = report.split("## Test AUROC per n_layers")[1].split("##")[0]

@@ -105,6 +105,11 @@ def test_wandb_offline_run_logs_the_study_keys(cfg_train) -> None:
     # each setting once, under its group: not also as Lightning's copy of the module's hparams
     assert {k for k in run.config if "." not in k} == {"seed", "_wandb"}
     assert study_keys <= run.summary.keys()
+    # how many normals and anomalies each split held, in the summary and in metrics.json
+    sizes = objects["datamodule"].split_sizes
+    assert {f"split/{k}": v for k, v in sizes.items()}.items() <= run.summary.items()
+    record = json.loads((Path(cfg_train.paths.output_dir) / "metrics.json").read_text())
+    assert record["split"] == sizes and sizes["test_anomaly"] > 0
     # every training step logged once, in order, with its loss, norm and KL
     steps = [row for row in run.history if "train/loss" in row]
     assert [row["trainer/global_step"] for row in steps] == list(range(objects["trainer"].global_step))

@@ -1,10 +1,12 @@
 """One LightningDataModule for every source: EMNIST (all splits), MNIST, FashionMNIST, KMNIST, digits."""
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from src.data.sources import (
@@ -19,6 +21,11 @@ from src.data.sources import (
 from src.data.splits import anomaly_mask, one_class_split
 
 AnomalyClass = int | str | Sequence[int | str]
+
+# Fewer normals or anomalies than this in val or test and AUROC hangs on a handful of samples.
+MIN_PER_CLASS = 10
+
+log = logging.getLogger(__name__)
 
 
 class InMemoryBatches(Dataset):
@@ -213,6 +220,9 @@ class OneClassDataModule(LightningDataModule):
         self.data_train: InMemoryBatches | None = None
         self.data_val: InMemoryBatches | None = None
         self.data_test: InMemoryBatches | None = None
+        # normals and anomalies per split (``train_normal``, ``val_anomaly``, ...), known after ``setup``
+        self.split_sizes: dict[str, int] | None = None
+        self.source_rows: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def input_dim(self) -> int:
@@ -249,6 +259,46 @@ class OneClassDataModule(LightningDataModule):
         self.data_train = InMemoryBatches(src.x_train[idx.train], is_anom_train[idx.train]).to(device)
         self.data_val = InMemoryBatches(src.x_train[idx.val], is_anom_train[idx.val]).to(device)
         self.data_test = InMemoryBatches(src.x_test[idx.test], is_anom_test[idx.test]).to(device)
+        # per val/test sample: its index in the source's train/test split and its class label
+        self.source_rows = {
+            "val": (idx.val, src.y_train[idx.val]),
+            "test": (idx.test, src.y_test[idx.test]),
+        }
+        self.split_sizes = {
+            "train_normal": len(idx.train),
+            "val_normal": len(idx.val) - int(is_anom_train[idx.val].sum()),
+            "val_anomaly": int(is_anom_train[idx.val].sum()),
+            "test_normal": len(idx.test) - int(is_anom_test[idx.test].sum()),
+            "test_anomaly": int(is_anom_test[idx.test].sum()),
+        }
+        self._report_split()
+
+    @rank_zero_only
+    def _report_split(self) -> None:
+        """Log how many normals and anomalies each split holds; warn where one class is too rare for
+        AUROC to say much (a high ``anomaly_ratio`` on a small source)."""
+        n, hp = self.split_sizes, self.hparams
+        log.info(
+            "Split of %s (anomaly class %s): train %d normal samples; val %d normal and %d anomalous; "
+            "test %d normal and %d anomalous.",
+            hp.dataset, self.anomaly_classes, n["train_normal"], n["val_normal"], n["val_anomaly"],
+            n["test_normal"], n["test_anomaly"],
+        )  # fmt: skip
+        for part in ("val", "test"):
+            few = [
+                word
+                for key, word in (("normal", "normal"), ("anomaly", "anomalous"))
+                if n[f"{part}_{key}"] < MIN_PER_CLASS
+            ]
+            if few:
+                log.warning(
+                    "The %s split holds only %d normal and %d anomalous samples (data.anomaly_ratio=%s on "
+                    "%s): its AUROC rests on fewer than %d %s samples and says little. Move "
+                    "data.anomaly_ratio toward 0.5, or set data.anomaly_ratio=null for the natural "
+                    "proportion.",
+                    part, n[f"{part}_normal"], n[f"{part}_anomaly"], hp.anomaly_ratio, hp.dataset,
+                    MIN_PER_CLASS, " or ".join(few),
+                )  # fmt: skip
 
     def _device(self) -> torch.device:
         trainer = self.trainer

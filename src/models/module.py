@@ -292,6 +292,13 @@ class AnomalyAutoEncoder(LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._shared_eval_step(batch, self.test_metrics)
 
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly scores and labels of a batch, as ``test_step`` scores them."""
+        x, y = batch
+        return self.net.score(x), y
+
     def _log_metrics(self, stage: str, metrics: AnomalyMetrics) -> None:
         # Computed once over the whole epoch, never per batch (see ``src.metrics``).
         values = metrics.compute()

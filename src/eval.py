@@ -1,0 +1,177 @@
+"""Score a trained model again: ``python -m src.eval ckpt_path=logs/train/runs/<time>``.
+
+The data is rebuilt from the checkpoint (the same split of the same source, by the same ``data.seed``),
+so the test AUROC is the run's own; any ``data.*`` setting given on the command line replaces the run's.
+Writes into its output directory ``eval_metrics.json`` (AUROC, AUPRC, the sizes of the scored split, the
+checkpoint, the data settings and what was changed), ``scores.csv`` (one row per scored sample: its index
+in the source split, its class, whether it is an anomaly, its score) and ``scores.png`` (the score
+distributions of normal and anomalous samples).
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from src import plots
+from src.config import ConfigError
+from src.cuda_check import skip_unloadable_nvml_check
+from src.data.datamodule import OneClassDataModule
+from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundError, class_names
+from src.metrics import AnomalyMetrics
+from src.models.module import AnomalyAutoEncoder
+from src.results import METRICS_FILE, provenance, read_metrics, write_json_atomic
+from src.train import _instantiate_trainer, _stop
+
+log = logging.getLogger(__name__)
+
+EVAL_FILE = "eval_metrics.json"
+SCORES_FILE = "scores.csv"
+STAGES = ("test", "val")
+
+
+def model_label(hparams: Any) -> str:
+    """``RVAE n_layers=4`` from the model's settings."""
+    name = ("R" if hparams.residual else "") + ("VAE" if hparams.variational else "AE")
+    return f"{name} n_layers={hparams.n_layers}"
+
+
+def find_checkpoint(ckpt_path: str) -> Path:
+    """``ckpt_path`` itself if it is a file; for a run directory, the best checkpoint its
+    ``metrics.json`` names (looked up under the directory's ``checkpoints/`` if the run was moved)."""
+    path = Path(ckpt_path).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} is neither a checkpoint file nor a run directory: give a run's "
+            "output directory (logs/train/runs/<time>) or one of its checkpoints/*.ckpt files."
+        )
+    best = read_metrics(path).get("best_checkpoint") if (path / METRICS_FILE).is_file() else None
+    for candidate in (best, best and path / "checkpoints" / Path(best).name):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise ConfigError(
+        f"ckpt_path={ckpt_path} is a directory without a best checkpoint (no {METRICS_FILE} naming one "
+        "that exists, e.g. an unfinished run or one stopped before its first validation): give a "
+        f"checkpoint file, e.g. ckpt_path={path / 'checkpoints' / 'last.ckpt'}."
+    )
+
+
+def data_settings(cfg: DictConfig, checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint's data settings with the ones set in ``cfg.data`` replaced, and those changes."""
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as err:  # not a torch file, truncated, or a pickle of something else
+        raise ConfigError(
+            f"ckpt_path={checkpoint} is not a readable checkpoint ({type(err).__name__}: {err}): give a "
+            "checkpoints/*.ckpt file a run wrote, or the run's directory."
+        ) from err
+    saved = saved.get("datamodule_hyper_parameters") if isinstance(saved, dict) else None
+    if not saved:
+        raise ConfigError(
+            f"ckpt_path={checkpoint} holds no data settings (datamodule_hyper_parameters): it was not "
+            "written by `python -m src.train`, so the split it was trained on cannot be rebuilt."
+        )
+    given = OmegaConf.to_container(cfg.data, resolve=True)
+    changed = {k: v for k, v in given.items() if not OmegaConf.is_missing(cfg.data, k)}
+    # a list setting (anomaly_class=[0,24,50]) was saved as the ListConfig Hydra passed in
+    saved = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in saved.items()}
+    return saved | changed, changed
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.stage``'s split with the checkpoint's model; write the record, scores and plot."""
+    skip_unloadable_nvml_check()
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ConfigError(
+            "ckpt_path is not set: give a run's output directory or a checkpoint, e.g. "
+            "`python -m src.eval ckpt_path=logs/train/runs/<time>`."
+        )
+    if cfg.stage not in STAGES:
+        raise ConfigError(f"stage={cfg.stage} is invalid: it must be one of {list(STAGES)}.")
+    checkpoint = find_checkpoint(str(cfg.ckpt_path))
+    settings, changed = data_settings(cfg, checkpoint)
+    try:
+        datamodule = OneClassDataModule(**settings)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"Invalid data settings, nothing was run: {err}") from err
+    model = AnomalyAutoEncoder.load_from_checkpoint(
+        checkpoint, map_location="cpu", weights_only=False, compile=False
+    )
+    if datamodule.input_dim != model.hparams.input_dim:
+        raise ConfigError(
+            f"data.dataset={settings['dataset']} gives {datamodule.input_dim} inputs per sample, but the "
+            f"checkpoint's model takes {model.hparams.input_dim}: score a dataset of the same image size."
+        )
+    trainer = _instantiate_trainer(cfg, callbacks=[], enable_checkpointing=False, enable_model_summary=False)
+    if trainer.world_size > 1:  # predict would return only this process's share of the scores
+        raise ConfigError(
+            f"src.eval scores on one device, but the trainer settings ask for {trainer.world_size} "
+            "processes: use trainer.devices=1 (and trainer.num_nodes=1), e.g. trainer=gpu or trainer=cpu."
+        )
+    datamodule.check_available()
+    datamodule.setup(cfg.stage)
+    loader = datamodule.test_dataloader() if cfg.stage == "test" else datamodule.val_dataloader()
+    batches = trainer.predict(model, dataloaders=loader)
+    scores = torch.cat([s for s, _ in batches]).float().cpu()
+    anomaly = torch.cat([y for _, y in batches]).cpu()
+    metrics = AnomalyMetrics()
+    metrics.update(scores, anomaly)
+    values = {f"{cfg.stage}/{k}": float(v) for k, v in metrics.compute().items()}
+
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    index, classes = datamodule.source_rows[cfg.stage]
+    names = class_names(settings["dataset"], settings["split"])
+    pd.DataFrame({
+        "source_index": index.numpy(),
+        "class": classes.numpy(),
+        "class_name": [names[c] for c in classes.tolist()],
+        "anomaly": anomaly.numpy(),
+        "score": scores.numpy(),
+    }).to_csv(out / SCORES_FILE, index=False)  # fmt: skip
+    n_normal, n_anomaly = int((anomaly == 0).sum()), int(anomaly.sum())
+    plots.score_histogram(
+        scores.numpy(),
+        anomaly.numpy(),
+        f"{model_label(model.hparams)}, {cfg.stage} split: AUROC {values[f'{cfg.stage}/auroc']:.3f}",
+        out / "scores.png",
+    )
+    record = values | {
+        "stage": cfg.stage,
+        "checkpoint": str(checkpoint.resolve()),
+        "n_normal": n_normal,
+        "n_anomaly": n_anomaly,
+        "data": settings,
+        "data_changed": changed,
+        "model": dict(model.hparams),
+        "provenance": provenance(),
+    }
+    write_json_atomic(out / EVAL_FILE, record)
+    return record
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        record = evaluate(cfg)
+    except (ConfigError, DatasetNotFoundError, CorruptDataError, CacheWriteError) as err:
+        _stop(
+            err, exit_code=2, logger=log
+        )  # a setting or a data file to fix: the message names it and the fix
+    stage = record["stage"]
+    print(
+        f"{stage}/auroc: {record[f'{stage}/auroc']:.4f}   {stage}/auprc: {record[f'{stage}/auprc']:.4f}   "
+        f"({record['n_normal']} normal, {record['n_anomaly']} anomalous samples)"
+    )
+    print(f"outputs: {cfg.paths.output_dir}")
+    return record[f"{stage}/auroc"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+from torchvision.datasets import EMNIST
+
+from src.config import ConfigError
+from src.eval import EVAL_FILE, SCORES_FILE, evaluate
+from src.train import train
+from tests.conftest import REPO, compose_train
+
+
+def _as_run(cfg: DictConfig, out: Path) -> DictConfig:
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.hydra.runtime.output_dir = str(out)
+        cfg.trainer.enable_progress_bar = False
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict, dict]:
+    """A two-epoch RVAE on digits: its run directory, metrics.json and split sizes."""
+    out = tmp_path_factory.mktemp("run")
+    record, objects = train(_as_run(compose_train(["trainer.max_epochs=2"]), out))
+    GlobalHydra.instance().clear()
+    return out, record, objects["datamodule"].split_sizes
+
+
+def eval_cfg(out: Path, *overrides: str) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize(version_base="1.3", config_path="../conf"):
+        cfg = compose("eval", overrides=list(overrides), return_hydra_config=True)
+    return _as_run(cfg, out)
+
+
+def test_eval_scores_the_runs_own_test_split_again(trained, tmp_path: Path) -> None:
+    run_dir, record, sizes = trained
+    result = evaluate(eval_cfg(tmp_path, f"ckpt_path={run_dir}"))
+    assert result["checkpoint"] == record["best_checkpoint"]
+    assert result["test/auroc"] == pytest.approx(record["test/auroc"], abs=1e-6)
+    assert result["test/auprc"] == pytest.approx(record["test/auprc"], abs=1e-6)
+    assert (result["n_normal"], result["n_anomaly"]) == (sizes["test_normal"], sizes["test_anomaly"])
+    assert result["data_changed"] == {} and result["data"]["dataset"] == "digits"
+    assert json.loads((tmp_path / EVAL_FILE).read_text())["test/auroc"] == result["test/auroc"]
+
+    scores = pd.read_csv(tmp_path / SCORES_FILE)
+    assert len(scores) == sizes["test_normal"] + sizes["test_anomaly"]
+    assert scores.source_index.is_unique
+    assert (scores[scores.anomaly == 1]["class"] == 0).all()  # digit 0 is the anomaly
+    assert (scores[scores.anomaly == 0]["class"] != 0).all()
+    assert (scores.class_name.astype(str) == scores["class"].astype(str)).all()  # digits' names
+    with Image.open(tmp_path / "scores.png") as img:
+        img.verify()
+
+
+def test_eval_scores_the_val_split_at_the_checkpoints_val_auroc(trained, tmp_path: Path) -> None:
+    run_dir, record, sizes = trained
+    result = evaluate(eval_cfg(tmp_path, f"ckpt_path={record['best_checkpoint']}", "stage=val"))
+    assert result["val/auroc"] == pytest.approx(record["val/auroc"], abs=1e-6)
+    assert (result["n_normal"], result["n_anomaly"]) == (sizes["val_normal"], sizes["val_anomaly"])
+
+
+def test_a_changed_data_setting_replaces_the_runs_and_is_recorded(trained, tmp_path: Path) -> None:
+    run_dir, _, sizes = trained
+    result = evaluate(eval_cfg(tmp_path, f"ckpt_path={run_dir}", "data.anomaly_ratio=null"))
+    assert result["data_changed"] == {"anomaly_ratio": None} and result["data"]["anomaly_ratio"] is None
+    # the natural proportion keeps the whole test split: more normals, the same anomalies
+    assert result["n_anomaly"] == sizes["test_anomaly"] and result["n_normal"] > sizes["test_normal"]
+
+
+def test_a_moved_run_directory_still_finds_its_best_checkpoint(trained, tmp_path: Path) -> None:
+    run_dir, record, _ = trained
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    (moved / "metrics.json").write_text(
+        json.dumps(record | {"best_checkpoint": "/gone/checkpoints/" + Path(record["best_checkpoint"]).name})
+    )
+    result = evaluate(eval_cfg(tmp_path, f"ckpt_path={moved}"))
+    assert result["checkpoint"] == str(moved / "checkpoints" / Path(record["best_checkpoint"]).name)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ([], "ckpt_path is not set"),
+        (["ckpt_path=/no/such/run"], "is neither a checkpoint file nor a run directory"),
+        (["stage=train"], "stage=train is invalid"),
+        (["data.dataset=mnist"], "data.dataset=mnist gives 784 inputs per sample"),
+        (["data.anomaly_ratio=1.5"], "data.anomaly_ratio=1.5 is invalid"),
+        (["trainer=ddp_sim"], "src.eval scores on one device"),
+    ],
+)
+def test_bad_settings_are_named(trained, tmp_path: Path, overrides: list[str], message: str) -> None:
+    run_dir, _, _ = trained
+    if overrides and not overrides[0].startswith("ckpt_path"):
+        overrides = [f"ckpt_path={run_dir}", *overrides]
+    with pytest.raises(ConfigError, match=message):
+        evaluate(eval_cfg(tmp_path / "eval", *overrides))
+    assert not (tmp_path / "eval" / EVAL_FILE).exists()
+
+
+def test_a_directory_without_a_best_checkpoint_or_a_file_that_is_none_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory without a best checkpoint"):
+        evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={tmp_path}"))
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match="is not a readable checkpoint"):
+        evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={tmp_path / 'notes.ckpt'}"))
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(ConfigError, match="holds no data settings"):
+        evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={tmp_path / 'foreign.ckpt'}"))
+
+
+def test_cli_prints_the_result_and_stops_on_bad_input_in_one_paragraph(trained, tmp_path: Path) -> None:
+    run_dir, record, _ = trained
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+
+    def cli(*overrides: str) -> subprocess.CompletedProcess:
+        args = [sys.executable, "-m", "src.eval", *overrides, f"paths.root_dir={tmp_path}"]
+        return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    ok = cli(f"ckpt_path={run_dir}", "trainer.enable_progress_bar=false")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert f"test/auroc: {record['test/auroc']:.4f}" in ok.stdout
+    out_dir = Path(ok.stdout.split("outputs: ")[1].split()[0])
+    assert out_dir.parent == tmp_path / "logs" / "eval" / "runs" and (out_dir / SCORES_FILE).is_file()
+
+    bad = cli(f"ckpt_path={run_dir}", "data.dataset=mnist")
+    assert bad.returncode == 2
+    assert "checkpoint's model takes 64" in bad.stderr + bad.stdout
+    assert "Traceback" not in bad.stderr
+
+
+def test_emnist_scores_name_each_sample_as_torchvision_indexes_it(fake_emnist, tmp_path: Path) -> None:
+    root, _ = fake_emnist
+    cfg = compose_train(["data=emnist", f"data.root={root}", "data.anomaly_class=[0,24]", "model.n_layers=1"])
+    record, _ = train(_as_run(cfg, tmp_path / "run"))
+    result = evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={tmp_path / 'run'}"))
+    assert result["test/auroc"] == pytest.approx(record["test/auroc"], abs=1e-6)
+    scores = pd.read_csv(tmp_path / "eval" / SCORES_FILE, keep_default_na=False)
+    assert set(scores[scores.anomaly == 1].class_name) == {"0", "O"}
+    emnist = EMNIST(str(root), split="byclass", train=False)
+    for row in scores.sample(20, random_state=0).itertuples():
+        assert emnist[row.source_index][1] == row._2  # the `class` column
+        assert emnist.classes[row._2] == row.class_name
