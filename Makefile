@@ -35,7 +35,7 @@ report: $(STAMP) ## Tables and plots of a sweep: DIR=logs/<task>/multiruns/<time
 
 eval: $(STAMP) ## Score a trained run again: CKPT=logs/train/runs/<time> (or a .ckpt; ARGS="stage=val ...")
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=logs/train/runs/<time> [ARGS=\"stage=val\"]"; exit 2; }
-	$(PY) -m src.eval ckpt_path=$(CKPT) $(ARGS)
+	$(PY) -m src.eval "ckpt_path='$(CKPT)'" $(ARGS)
 
 bench: $(STAMP) ## Throughput vs a hand-written loop and a naive pipeline (ARGS="--n-train 50000 ...")
 	$(PY) -m benchmarks.train_speed $(ARGS)

@@ -131,7 +131,9 @@ def test_cli_prints_the_result_and_stops_on_bad_input_in_one_paragraph(trained, 
         args = [sys.executable, "-m", "src.eval", *overrides, f"paths.root_dir={tmp_path}"]
         return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
-    ok = cli(f"ckpt_path={run_dir}", "trainer.enable_progress_bar=false")
+    job_dir = tmp_path / "model=rvae,seed=0"  # a sweep job's name, quoted as the README says
+    shutil.copytree(run_dir, job_dir)
+    ok = cli(f"ckpt_path='{job_dir}'", "trainer.enable_progress_bar=false")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert f"test/auroc: {record['test/auroc']:.4f}" in ok.stdout
     out_dir = Path(ok.stdout.split("outputs: ")[1].split()[0])
