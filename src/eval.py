@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from src import plots
 from src.config import ConfigError
 from src.cuda_check import skip_unloadable_nvml_check
-from src.data.datamodule import OneClassDataModule
+from src.data.datamodule import OneClassDataModule, resolve_anomaly_classes
 from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundError, class_names
 from src.metrics import AnomalyMetrics
 from src.models.module import AnomalyAutoEncoder
@@ -81,7 +81,26 @@ def data_settings(cfg: DictConfig, checkpoint: Path) -> tuple[dict[str, Any], di
     changed = {k: v for k, v in given.items() if not OmegaConf.is_missing(cfg.data, k)}
     # a list setting (anomaly_class=[0,24,50]) was saved as the ListConfig Hydra passed in
     saved = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in saved.items()}
-    return saved | changed, changed
+    return saved, changed
+
+
+def _warn_if_the_normals_differ(saved: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Say so when the scored split's normal and anomalous classes are not the ones the model was
+    trained for: its AUROC is then not the run's one-class-held-out test."""
+
+    def classes(s: dict[str, Any]) -> tuple:
+        names = class_names(s["dataset"], s["split"])
+        return s["dataset"], s["split"], sorted(resolve_anomaly_classes(s["anomaly_class"], names))
+
+    if classes(saved) != classes(settings):
+        log.warning(
+            "The model was trained with anomaly class %s of %s (%s) held out; it now scores anomaly "
+            "class %s of %s (%s), so classes it trained on as normal may count as anomalies or the other "
+            "way round, and this AUROC is not the run's. Leave data.dataset, data.split and "
+            "data.anomaly_class unset to score the run's own split.",
+            saved["anomaly_class"], saved["dataset"], saved["split"],
+            settings["anomaly_class"], settings["dataset"], settings["split"],
+        )  # fmt: skip
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -95,11 +114,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.stage not in STAGES:
         raise ConfigError(f"stage={cfg.stage} is invalid: it must be one of {list(STAGES)}.")
     checkpoint = find_checkpoint(str(cfg.ckpt_path))
-    settings, changed = data_settings(cfg, checkpoint)
+    saved, changed = data_settings(cfg, checkpoint)
+    settings = saved | changed
     try:
         datamodule = OneClassDataModule(**settings)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"Invalid data settings, nothing was run: {err}") from err
+    _warn_if_the_normals_differ(saved, settings)
     model = AnomalyAutoEncoder.load_from_checkpoint(
         checkpoint, map_location="cpu", weights_only=False, compile=False
     )

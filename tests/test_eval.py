@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -79,6 +80,20 @@ def test_a_changed_data_setting_replaces_the_runs_and_is_recorded(trained, tmp_p
     assert result["data_changed"] == {"anomaly_ratio": None} and result["data"]["anomaly_ratio"] is None
     # the natural proportion keeps the whole test split: more normals, the same anomalies
     assert result["n_anomaly"] == sizes["test_anomaly"] and result["n_normal"] > sizes["test_normal"]
+
+
+def test_scoring_other_classes_as_anomalies_warns_that_the_auroc_is_not_the_runs(
+    trained, tmp_path: Path, caplog
+) -> None:
+    run_dir, _, _ = trained
+    with caplog.at_level(logging.WARNING, logger="src.eval"):
+        evaluate(eval_cfg(tmp_path, f"ckpt_path={run_dir}", "data.anomaly_class='0'"))  # the same class
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="src.eval"):
+        result = evaluate(eval_cfg(tmp_path, f"ckpt_path={run_dir}", "data.anomaly_class=[3]"))
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "trained with anomaly class 0 of digits" in warning and "anomaly class [3]" in warning
+    assert result["data_changed"] == {"anomaly_class": [3]}
 
 
 def test_a_moved_run_directory_still_finds_its_best_checkpoint(trained, tmp_path: Path) -> None:
