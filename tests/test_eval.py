@@ -154,6 +154,14 @@ def test_cli_prints_the_result_and_stops_on_bad_input_in_one_paragraph(trained, 
     out_dir = Path(ok.stdout.split("outputs: ")[1].split()[0])
     assert out_dir.parent == tmp_path / "logs" / "eval" / "runs" and (out_dir / SCORES_FILE).is_file()
 
+    sweep = cli("--multirun", f"ckpt_path='{job_dir}','{run_dir}'", "trainer.enable_progress_bar=false")
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    [sweep_dir] = (tmp_path / "logs" / "eval" / "multiruns").iterdir()
+    for job in ("0", "1"):  # one directory per checkpoint, not the checkpoint's path nested
+        assert json.loads((sweep_dir / job / EVAL_FILE).read_text())["test/auroc"] == pytest.approx(
+            record["test/auroc"], abs=1e-6
+        )
+
     bad = cli(f"ckpt_path={run_dir}", "data.dataset=mnist")
     assert bad.returncode == 2
     assert "checkpoint's model takes 64" in bad.stderr + bad.stdout
