@@ -25,7 +25,7 @@ from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundE
 from src.metrics import AnomalyMetrics
 from src.models.module import AnomalyAutoEncoder
 from src.results import METRICS_FILE, provenance, read_metrics, write_json_atomic
-from src.train import _instantiate_trainer, _stop
+from src.train import instantiate_trainer, stop_on
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def find_checkpoint(ckpt_path: str) -> Path:
 
 
 def data_settings(cfg: DictConfig, checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The checkpoint's data settings with the ones set in ``cfg.data`` replaced, and those changes."""
+    """The data settings saved in the checkpoint, and those ``cfg.data`` sets (which replace them)."""
     try:
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     except Exception as err:  # not a torch file, truncated, or a pickle of something else
@@ -129,7 +129,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"data.dataset={settings['dataset']} gives {datamodule.input_dim} inputs per sample, but the "
             f"checkpoint's model takes {model.hparams.input_dim}: score a dataset of the same image size."
         )
-    trainer = _instantiate_trainer(cfg, callbacks=[], enable_checkpointing=False, enable_model_summary=False)
+    trainer = instantiate_trainer(cfg, callbacks=[], enable_checkpointing=False, enable_model_summary=False)
     if trainer.world_size > 1:  # predict would return only this process's share of the scores
         raise ConfigError(
             f"src.eval scores on one device, but the trainer settings ask for {trainer.world_size} "
@@ -182,9 +182,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         record = evaluate(cfg)
     except (ConfigError, DatasetNotFoundError, CorruptDataError, CacheWriteError) as err:
-        _stop(
-            err, exit_code=2, logger=log
-        )  # a setting or a data file to fix: the message names it and the fix
+        # a setting or a data file to fix: the message names it and the fix
+        stop_on(err, exit_code=2, logger=log)
     stage = record["stage"]
     print(
         f"{stage}/auroc: {record[f'{stage}/auroc']:.4f}   {stage}/auprc: {record[f'{stage}/auprc']:.4f}   "

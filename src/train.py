@@ -85,7 +85,7 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
     }
 
 
-def _instantiate_trainer(cfg: DictConfig, callbacks: list, **kwargs: Any) -> L.Trainer:
+def instantiate_trainer(cfg: DictConfig, callbacks: list, **kwargs: Any) -> L.Trainer:
     """Lightning's ``Trainer`` from ``cfg.trainer`` (and ``kwargs``); a setting it rejects is a
     ``ConfigError``."""
     try:
@@ -113,7 +113,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning rejects a bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    trainer = _instantiate_trainer(cfg, callbacks)
+    trainer = instantiate_trainer(cfg, callbacks)
     trainer.loggers = instantiate_loggers(cfg)  # after the Trainer: a rejected setting starts no W&B run
     for lg in trainer.loggers:
         lg.log_hyperparams(flat_config(cfg, datamodule.input_dim))
@@ -156,7 +156,7 @@ def _save_record(
     return record
 
 
-def _stop(err: Exception, exit_code: int, logger: logging.Logger = log) -> None:
+def stop_on(err: Exception, exit_code: int, logger: logging.Logger = log) -> None:
     """Report an expected failure in one paragraph: a single run exits with ``exit_code``; in a
     multirun the error goes back to Hydra, which records it and runs the other jobs."""
     logger.error(str(err))
@@ -179,9 +179,9 @@ def main(cfg: DictConfig) -> float | None:
         metrics, _ = train(cfg)
         exit_code = 0
     except (ConfigError, DatasetNotFoundError, CorruptDataError, CacheWriteError) as err:
-        _stop(err, exit_code=2)  # a setting or a data file to fix: the message names it and the fix
+        stop_on(err, exit_code=2)  # a setting or a data file to fix: the message names it and the fix
     except DivergedError as err:
-        _stop(err, exit_code=3)
+        stop_on(err, exit_code=3)
     except SIGTERMException:  # Lightning exits with status 0 on SIGTERM; a scheduler must see 143
         log.error("Stopped by SIGTERM; checkpoints/last.ckpt holds the progress. Re-run to resume.")
         raise SystemExit(128 + signal.SIGTERM) from None
