@@ -9,8 +9,10 @@ from lightning.pytorch import Callback
 from omegaconf import open_dict
 
 from benchmarks.train_speed import main as bench
+from src.eval import evaluate
 from src.train import train
 from tests.conftest import epoch_losses
+from tests.test_eval import eval_cfg
 
 pytestmark = pytest.mark.gpu
 
@@ -54,6 +56,16 @@ def test_gpu_speed_options_keep_the_loss_curve(make_cfg, tmp_path: Path) -> None
         # the option moves the curve no further than changing the seed does (plus float rounding)
         worst = max(abs(a - b) for a, b in zip(eager, fast, strict=True))
         assert len(fast) == 4 and worst <= noise + 1e-3 * eager[-1], (option, eager, fast, other_seed)
+
+
+def test_a_gpu_trained_checkpoint_scores_the_same_with_src_eval_on_gpu_and_cpu(make_cfg, tmp_path) -> None:
+    record, _ = train(make_cfg("trainer=gpu", "trainer.max_epochs=2"))
+    for device in ("gpu", "cpu"):
+        cfg = eval_cfg(
+            tmp_path / f"eval_{device}", f"ckpt_path={record['best_checkpoint']}", f"trainer={device}"
+        )
+        # float rounding differs between devices; AUROC moves only if it swaps the order of two scores
+        assert evaluate(cfg)["test/auroc"] == pytest.approx(record["test/auroc"], abs=1e-3), device
 
 
 def test_the_bench_runs_on_the_gpu(tmp_path: Path) -> None:
