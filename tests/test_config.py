@@ -142,3 +142,15 @@ def test_cli_help_and_cfg_job_still_work() -> None:
                               text=True, timeout=120)  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         assert "n_layers" in proc.stdout
+
+
+@pytest.mark.parametrize("app", ["train", "eval"])
+def test_help_shows_examples_groups_and_the_config(app: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", f"src.{app}", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"python -m src.{app}: ")
+    assert f"  python -m src.{app} " in proc.stdout  # its examples
+    assert "== Configuration groups ==" in proc.stdout and "trainer: cpu, ddp" in proc.stdout
+    assert "ckpt_path:" in proc.stdout  # the composed config
