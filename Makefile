@@ -10,7 +10,10 @@ ARGS ?=
 EXP ?= degradation
 DIR ?=
 CKPT ?=
-.PHONY: help install train sweep report eval bench test test-full test-gpu lint format clean-logs
+STUDY_DIR ?= logs/study
+DATA ?=
+EPOCHS ?=
+.PHONY: help install train sweep study report eval bench test test-full test-gpu lint format clean-logs
 
 help: ## List every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -28,6 +31,14 @@ train: $(STAMP) ## Train RVAE on the offline digits data (add ARGS="model=ae ...
 
 sweep: $(STAMP) ## Run a study sweep: EXP=degradation|rvae_vs_vae|rvae_vs_vae_depth|grad_explosion ARGS="data=digits ..."
 	$(PY) -m src.train experiment=$(EXP) $(ARGS)
+
+study: $(STAMP) ## All four study sweeps, each with its report, into STUDY_DIR/<experiment>[_DATA] (offline: DATA=digits EPOCHS=30)
+	@status=0; for e in degradation rvae_vs_vae rvae_vs_vae_depth grad_explosion; do \
+	  dir=$(STUDY_DIR)/$${e}$(if $(DATA),_$(DATA)); \
+	  $(PY) -m src.train experiment=$$e $(if $(DATA),data=$(DATA)) $(if $(EPOCHS),trainer.max_epochs=$(EPOCHS)) \
+	    hydra.sweep.dir=$$dir $(ARGS) || status=1; \
+	  $(PY) -m src.report $$dir || status=1; \
+	done; exit $$status
 
 report: $(STAMP) ## Tables and plots of a sweep: DIR=logs/<task>/multiruns/<time> (ARGS=--wandb to log them)
 	@test -n "$(DIR)" || { echo "usage: make report DIR=logs/<task>/multiruns/<time>"; exit 2; }
