@@ -214,3 +214,37 @@ def test_report_logs_a_summary_run_to_wandb(tmp_path: Path, monkeypatch) -> None
     assert logged["results._type"] == "table-file" and logged["auroc_vs_depth._type"] == "image-file"
     for key in ("results", "auroc_vs_depth"):  # the table and the plot are in the run's files
         assert (run_file.parent / "files" / logged[f"{key}.path"]).is_file()
+
+
+def _make_study(tmp_path: Path, py: str, *args: str) -> subprocess.CompletedProcess:
+    # PY and PYTHON replaced, and a stamp of our own: make prints (or fails) instead of installing or training
+    cmd = ["make", "-s", "study", f"PY={py}", "PYTHON=echo", f"STAMP={tmp_path / 'stamp'}",
+           f"STUDY_DIR={tmp_path / 'study'}", *args]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def test_make_study_runs_each_sweep_then_its_report(tmp_path: Path) -> None:
+    experiments = ["degradation", "rvae_vs_vae", "rvae_vs_vae_depth", "grad_explosion"]
+    proc = _make_study(tmp_path, "echo", "DATA=digits", "EPOCHS=30")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "src." in line]
+    expected = []
+    for e in experiments:
+        sweep = tmp_path / "study" / f"{e}_digits"
+        expected += [
+            f"-m src.train experiment={e} data=digits trainer.max_epochs=30 hydra.sweep.dir={sweep}",
+            f"-m src.report {sweep}",
+        ]
+    assert lines == expected
+    plain = _make_study(tmp_path, "echo")  # each experiment's own data and epochs
+    assert (
+        f"-m src.train experiment=degradation hydra.sweep.dir={tmp_path / 'study' / 'degradation'}"
+        in plain.stdout
+    )
+
+    fail = tmp_path / "fail.sh"  # every command fails: all still run, and make exits non-zero
+    fail.write_text('#!/bin/sh\necho "$@"\nexit 1\n')
+    fail.chmod(0o755)
+    failing = _make_study(tmp_path, str(fail), "DATA=digits")
+    assert failing.returncode != 0
+    assert sum("src." in line for line in failing.stdout.splitlines()) == 2 * len(experiments)
