@@ -57,10 +57,11 @@ class ConfigError(ValueError):
 
 
 def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore (``model/schema``, ``data/schema``); call before composing."""
+    """Put the schemas in Hydra's ConfigStore (``model_schema``, ``data_schema``, outside any group so
+    that ``--help`` does not list them as choices); call before composing."""
     cs = ConfigStore.instance()
-    cs.store(group="model", name="schema", node=ModelConfig)
-    cs.store(group="data", name="schema", node=DataConfig)
+    cs.store(name="model_schema", node=ModelConfig)
+    cs.store(name="data_schema", node=DataConfig)
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -153,4 +153,6 @@ def test_help_shows_examples_groups_and_the_config(app: str) -> None:
     assert proc.stdout.startswith(f"python -m src.{app}: ")
     assert f"  python -m src.{app} " in proc.stdout  # its examples
     assert "== Configuration groups ==" in proc.stdout and "trainer: cpu, ddp" in proc.stdout
+    groups = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert "schema" not in groups  # the structured schemas are not offered as choices
     assert "ckpt_path:" in proc.stdout  # the composed config
