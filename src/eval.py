@@ -25,7 +25,7 @@ from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundE
 from src.metrics import AnomalyMetrics
 from src.models.module import AnomalyAutoEncoder
 from src.results import METRICS_FILE, provenance, read_metrics, write_json_atomic
-from src.train import instantiate_trainer, stop_on
+from src.train import instantiate_trainer, quiet_dependency_notices, stop_on
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
+    quiet_dependency_notices()
     try:
         record = evaluate(cfg)
     except (ConfigError, DatasetNotFoundError, CorruptDataError, CacheWriteError) as err:

@@ -4,6 +4,7 @@ import logging
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,6 +26,26 @@ from src.models.module import DivergedError
 from src.results import METRICS_FILE, provenance, read_metrics, write_json_atomic
 
 log = logging.getLogger(__name__)
+
+
+class _DropLightningTips(logging.Filter):
+    """Lightning 2.6 advertises its cloud logger ("💡 Tip: ... litlogger") at every ``Trainer``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+_DROP_TIPS = _DropLightningTips()
+
+
+def quiet_dependency_notices() -> None:
+    """Silence two messages a user can do nothing about, printed by every run: Lightning's
+    advertisement, and torch 2.14's deprecation of the ``LeafSpec`` that Lightning 2.6 still builds.
+    Called by the entry points, not at import."""
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _DROP_TIPS not in rank_zero_log.filters:
+        rank_zero_log.addFilter(_DROP_TIPS)
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
 
 
 def run_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -87,7 +108,9 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
 
 def instantiate_trainer(cfg: DictConfig, callbacks: list, **kwargs: Any) -> L.Trainer:
     """Lightning's ``Trainer`` from ``cfg.trainer`` (and ``kwargs``); a setting it rejects is a
-    ``ConfigError``."""
+    ``ConfigError``. A ``ModelSummary`` among ``callbacks`` replaces Lightning's default one."""
+    if any(isinstance(c, ModelSummary) for c in callbacks):
+        kwargs.setdefault("enable_model_summary", False)  # else Lightning says it skips its own
     try:
         return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=False, **kwargs)
     except InstantiationException as err:
@@ -113,6 +136,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning rejects a bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not cfg.trainer.get("enable_model_summary", True):  # turns off the summary callback too
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
     trainer = instantiate_trainer(cfg, callbacks)
     trainer.loggers = instantiate_loggers(cfg)  # after the Trainer: a rejected setting starts no W&B run
     for lg in trainer.loggers:
@@ -167,6 +192,7 @@ def stop_on(err: Exception, exit_code: int, logger: logging.Logger = log) -> Non
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    quiet_dependency_notices()
     output_dir = Path(cfg.paths.output_dir)
     if cfg.get("resume") and (output_dir / METRICS_FILE).is_file():
         done = read_metrics(output_dir)

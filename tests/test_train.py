@@ -9,7 +9,7 @@ import pytest
 import torch
 import wandb
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from omegaconf import open_dict
 
 from src.config import ConfigError
@@ -72,6 +72,14 @@ def test_the_progress_bar_redraws_every_20_steps_and_can_be_turned_off(make_cfg,
     _, objects = train(cfg)
     assert isinstance(objects["trainer"].progress_bar_callback, TQDMProgressBar)
     assert objects["trainer"].progress_bar_callback.refresh_rate == 20
+
+
+def test_the_model_summary_has_depth_2_and_can_be_turned_off(make_cfg) -> None:
+    _, objects = train(make_cfg())
+    [summary] = [c for c in objects["trainer"].callbacks if isinstance(c, ModelSummary)]
+    assert summary._max_depth == 2  # the callback's, not Lightning's default one
+    _, objects = train(make_cfg("trainer.enable_model_summary=false"))
+    assert not [c for c in objects["trainer"].callbacks if isinstance(c, ModelSummary)]
 
 
 def test_clipping_can_be_turned_off(make_cfg) -> None:
@@ -159,6 +167,11 @@ def test_cli_trains_with_wandb_and_prints_where_outputs_are(tmp_path: Path) -> N
     assert "test/auroc: 0." in proc.stdout
     out_dir = Path(proc.stdout.split("outputs: ")[1].split()[0])
     assert (out_dir / "metrics.json").is_file()
+    # the layer table, without the notices a user can do nothing about
+    output = proc.stdout + proc.stderr
+    assert "net.encoder" in output and "Total params" in output
+    for notice in ("already configured with model summary", "litlogger", "LeafSpec"):
+        assert notice not in output, notice
     assert list((out_dir / "wandb").glob("offline-run-*/*.wandb"))  # no credentials: offline
 
 
