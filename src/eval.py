@@ -4,8 +4,9 @@ The data is rebuilt from the checkpoint (the same split of the same source, by t
 so the test AUROC is the run's own; any ``data.*`` setting given on the command line replaces the run's.
 Writes into its output directory ``eval_metrics.json`` (AUROC, AUPRC, the sizes of the scored split, the
 checkpoint, the data settings and what was changed), ``scores.csv`` (one row per scored sample: its index
-in the source split, its class, whether it is an anomaly, its score) and ``scores.png`` (the score
-distributions of normal and anomalous samples).
+in the source split, its class, whether it is an anomaly, its score), ``scores.png`` (the score
+distributions of normal and anomalous samples), and ``scores_by_class.csv`` and ``scores_by_class.png``
+(each class's scores, and how well the anomalies are told apart from each normal class).
 """
 
 import logging
@@ -16,6 +17,7 @@ import hydra
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from sklearn.metrics import roc_auc_score
 
 from src import plots
 from src.config import ConfigError
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 EVAL_FILE = "eval_metrics.json"
 SCORES_FILE = "scores.csv"
+BY_CLASS_FILE = "scores_by_class.csv"
 STAGES = ("test", "val")
 
 
@@ -103,6 +106,42 @@ def _warn_if_the_normals_differ(saved: dict[str, Any], settings: dict[str, Any])
         )  # fmt: skip
 
 
+def scores_by_class(scores: pd.DataFrame) -> pd.DataFrame:
+    """One row per class of ``scores`` (a ``scores.csv`` table), anomaly classes first, then the normal
+    ones hardest first: its size, median score, median percentile among all scored samples, and
+    ``auroc``: for a normal class, the AUROC of all the anomalies against that class's samples alone
+    (near 0.5: the model cannot tell them apart); for an anomaly class, of that class against all the
+    normals."""
+    anomaly, classes = scores.anomaly.to_numpy(), scores["class"].to_numpy()
+    percentile = scores.score.rank(pct=True) * 100
+    rows = []
+    for (label, name, is_anomaly), part in scores.groupby(["class", "class_name", "anomaly"], sort=True):
+        own = classes == label
+        pair = own | (anomaly == 0) if is_anomaly else own | (anomaly == 1)
+        rows.append({
+            "class": label,
+            "class_name": name,
+            "anomaly": is_anomaly,
+            "n": len(part),
+            "median_score": float(part.score.median()),
+            "median_percentile": float(percentile[part.index].median()),
+            "auroc": float(roc_auc_score(anomaly[pair], scores.score[pair])),
+        })  # fmt: skip
+    table = pd.DataFrame(rows)
+    return table.sort_values(["anomaly", "auroc", "class"], ascending=[False, True, True], ignore_index=True)
+
+
+def _log_hardest(by_class: pd.DataFrame, n: int = 5) -> None:
+    normals = by_class[by_class.anomaly == 0]
+    if len(normals) > 1:
+        log.info(
+            "Normal classes hardest to tell from the anomalies (AUROC of the anomalies against each): %s; "
+            "all %d in %s.",
+            ", ".join(f"{r.class_name} {r.auroc:.3f}" for r in normals.head(n).itertuples()),
+            len(by_class), BY_CLASS_FILE,
+        )  # fmt: skip
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.stage``'s split with the checkpoint's model; write the record, scores and plot."""
     skip_unloadable_nvml_check()
@@ -149,19 +188,26 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     index, classes = datamodule.source_rows[cfg.stage]
     names = class_names(settings["dataset"], settings["split"])
-    pd.DataFrame({
+    table = pd.DataFrame({
         "source_index": index.numpy(),
         "class": classes.numpy(),
         "class_name": [names[c] for c in classes.tolist()],
         "anomaly": anomaly.numpy(),
         "score": scores.numpy(),
-    }).to_csv(out / SCORES_FILE, index=False)  # fmt: skip
+    })  # fmt: skip
+    table.to_csv(out / SCORES_FILE, index=False)
+    by_class = scores_by_class(table)
+    by_class.to_csv(out / BY_CLASS_FILE, index=False)
+    _log_hardest(by_class)
     n_normal, n_anomaly = int((anomaly == 0).sum()), int(anomaly.sum())
     plots.score_histogram(
         scores.numpy(),
         anomaly.numpy(),
         f"{model_label(model.hparams)}, {cfg.stage} split: AUROC {values[f'{cfg.stage}/auroc']:.3f}",
         out / "scores.png",
+    )
+    plots.scores_by_class(
+        table, by_class, f"{model_label(model.hparams)}, {cfg.stage} split", out / "scores_by_class.png"
     )
     record = values | {
         "stage": cfg.stage,

@@ -62,6 +62,30 @@ def score_histogram(scores: np.ndarray, anomaly: np.ndarray, title: str, path: P
     return _save(fig, path)
 
 
+def scores_by_class(scores: pd.DataFrame, by_class: pd.DataFrame, title: str, path: Path) -> Path:
+    """Each class's scores as a box, in ``by_class``'s order (anomaly classes, in red, then the normal
+    ones hardest first), labelled with the AUROC of the anomalies against each normal class (of each
+    anomaly class against the normals)."""
+    fig = Figure(figsize=(max(6.0, 0.28 * len(by_class) + 2), 4.5))
+    ax = fig.add_subplot()
+    parts = [scores.score[scores["class"] == label].to_numpy() for label in by_class["class"]]
+    boxes = ax.boxplot(parts, patch_artist=True, showfliers=False, widths=0.6)
+    for box, is_anomaly in zip(boxes["boxes"], by_class.anomaly, strict=True):
+        box.set(facecolor="tab:red" if is_anomaly else "tab:blue", alpha=0.6)
+    ax.set_xticks(range(1, len(by_class) + 1), [f"{n} ({a:.2f})" for n, a in zip(
+        by_class.class_name, by_class.auroc, strict=True)], rotation=90, fontsize=7)  # fmt: skip
+    lo = float(scores.score.min()) if len(scores) else 0.0
+    if lo > 0 and float(scores.score.max()) > 10 * lo:
+        ax.set_yscale("log")
+    ax.set(
+        xlabel="class (AUROC against the anomalies); red: anomaly classes, then normal ones hardest first",
+        ylabel="anomaly score",
+        title=title,
+    )
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
 def history(job_dir: Path) -> pd.DataFrame | None:
     """Per-step ``train/g_norm`` and ``train/loss`` from the job's CSV logger, if it had one."""
     path = job_dir / "csv" / "metrics.csv"

@@ -14,10 +14,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 from torchvision.datasets import EMNIST
 
 from src.config import ConfigError
-from src.eval import EVAL_FILE, SCORES_FILE, evaluate
+from src.eval import BY_CLASS_FILE, EVAL_FILE, SCORES_FILE, evaluate, scores_by_class
 from src.train import train
 from tests.conftest import REPO, compose_train
 
@@ -65,6 +66,38 @@ def test_eval_scores_the_runs_own_test_split_again(trained, tmp_path: Path) -> N
     assert (scores.class_name.astype(str) == scores["class"].astype(str)).all()  # digits' names
     with Image.open(tmp_path / "scores.png") as img:
         img.verify()
+
+    # per class: the anomaly (digit 0) against all normals is the run's AUROC; each normal digit's row
+    # is the AUROC of the anomalies against that digit alone
+    by_class = pd.read_csv(tmp_path / BY_CLASS_FILE)
+    assert by_class["class"].tolist()[0] == 0 and by_class.anomaly.tolist() == [1] + [0] * 9
+    assert by_class.auroc[0] == pytest.approx(record["test/auroc"], abs=1e-6)
+    assert by_class.n.sum() == len(scores) and by_class.auroc[1:].is_monotonic_increasing
+    anomalies = scores[scores.anomaly == 1]
+    for row in by_class[1:].itertuples():
+        pair = pd.concat([anomalies, scores[scores["class"] == row[1]]])
+        assert row.auroc == pytest.approx(roc_auc_score(pair.anomaly, pair.score), abs=1e-6)
+        assert row.n == (scores["class"] == row[1]).sum()
+    with Image.open(tmp_path / "scores_by_class.png") as img:
+        img.verify()
+
+
+def test_scores_by_class_on_a_known_table() -> None:
+    # A scores below the anomalies, B above, C tied with them; two anomaly classes X and Y
+    table = pd.DataFrame({
+        "class": [0, 0, 1, 1, 2, 2, 7, 8],
+        "class_name": ["A", "A", "B", "B", "C", "C", "X", "Y"],
+        "anomaly": [0, 0, 0, 0, 0, 0, 1, 1],
+        "score": [1.0, 2.0, 50.0, 60.0, 3.0, 4.0, 3.0, 4.0],
+    })  # fmt: skip
+    by_class = scores_by_class(table).set_index("class_name")
+    assert by_class.index.tolist() == ["X", "Y", "B", "C", "A"]  # anomalies, then hardest first
+    # X (3.0) is above 2 of the 6 normals and tied with one: 2.5 / 6; C ties the anomalies: 0.5
+    expected = {"A": 1.0, "B": 0.0, "C": 0.5, "X": 2.5 / 6, "Y": 3.5 / 6}
+    assert by_class.auroc.to_dict() == pytest.approx(expected)
+    assert by_class.n.to_dict() == {"A": 2, "B": 2, "C": 2, "X": 1, "Y": 1}
+    assert by_class.loc["B", "median_score"] == 55.0
+    assert by_class.loc["B", "median_percentile"] == pytest.approx(100 * 7.5 / 8)
 
 
 def test_eval_scores_the_val_split_at_the_checkpoints_val_auroc(trained, tmp_path: Path) -> None:
@@ -180,3 +213,6 @@ def test_emnist_scores_name_each_sample_as_torchvision_indexes_it(fake_emnist, t
     for row in scores.sample(20, random_state=0).itertuples():
         assert emnist[row.source_index][1] == row._2  # the `class` column
         assert emnist.classes[row._2] == row.class_name
+    by_class = pd.read_csv(tmp_path / "eval" / BY_CLASS_FILE, keep_default_na=False)
+    assert set(by_class.class_name[:2]) == {"0", "O"} and by_class.anomaly[:2].tolist() == [1, 1]
+    assert by_class.n.sum() == len(scores) and set(by_class.class_name) == set(scores.class_name)
