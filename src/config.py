@@ -44,10 +44,11 @@ class DataConfig:
     download: bool = False
     num_workers: int = 0
     cache: bool = True
+    path: str | None = None  # data=npz: the .npz file
 
 
 DATA_CHECKED = ("dataset", "split", "anomaly_class", "anomaly_ratio", "val_fraction", "batch_size",
-                "eval_batch_size", "num_workers")  # fmt: skip
+                "eval_batch_size", "num_workers", "path")  # fmt: skip
 MODEL_CHECKED = ("n_layers", "hidden_dim", "latent_dim", "block", "beta", "lr", "weight_decay",
                  "host_sync_every")  # fmt: skip
 
@@ -79,8 +80,8 @@ def check_config(cfg: DictConfig) -> None:
     except ValueError as err:
         problems.append(str(err))
     try:
-        input_dim = input_dim_of(data["dataset"])
-    except ValueError:
+        input_dim = input_dim_of(data["dataset"], data.get("path"))
+    except (ValueError, OSError):
         input_dim = None  # already reported above
     try:
         check_model_settings(input_dim, **{k: v for k, v in model.items() if k in MODEL_CHECKED})

@@ -92,7 +92,7 @@ def _warn_if_the_normals_differ(saved: dict[str, Any], settings: dict[str, Any])
     trained for: its AUROC is then not the run's one-class-held-out test."""
 
     def classes(s: dict[str, Any]) -> tuple:
-        names = class_names(s["dataset"], s["split"])
+        names = class_names(s["dataset"], s["split"], s.get("path"))
         return s["dataset"], s["split"], sorted(resolve_anomaly_classes(s["anomaly_class"], names))
 
     if classes(saved) != classes(settings):
@@ -187,7 +187,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     index, classes = datamodule.source_rows[cfg.stage]
-    names = class_names(settings["dataset"], settings["split"])
+    names = class_names(settings["dataset"], settings["split"], settings.get("path"))
     table = pd.DataFrame({
         "source_index": index.numpy(),
         "class": classes.numpy(),

@@ -74,11 +74,14 @@ def test_the_progress_bar_redraws_every_20_steps_and_can_be_turned_off(make_cfg,
     assert objects["trainer"].progress_bar_callback.refresh_rate == 20
 
 
-def test_the_model_summary_has_depth_2_and_can_be_turned_off(make_cfg) -> None:
+def test_the_model_summary_has_depth_2_and_can_be_turned_off(make_cfg, tmp_path: Path) -> None:
     _, objects = train(make_cfg())
     [summary] = [c for c in objects["trainer"].callbacks if isinstance(c, ModelSummary)]
     assert summary._max_depth == 2  # the callback's, not Lightning's default one
-    _, objects = train(make_cfg("trainer.enable_model_summary=false"))
+    cfg = make_cfg("trainer.enable_model_summary=false")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "without")
+    _, objects = train(cfg)
     assert not [c for c in objects["trainer"].callbacks if isinstance(c, ModelSummary)]
 
 

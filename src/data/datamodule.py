@@ -1,6 +1,8 @@
-"""One LightningDataModule for every source: EMNIST (all splits), MNIST, FashionMNIST, KMNIST, digits."""
+"""One LightningDataModule for every source: EMNIST (all splits), MNIST, FashionMNIST, KMNIST, digits,
+and the user's own arrays in an .npz file."""
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from src.data.sources import (
     class_names,
     load_source,
     not_found,
+    npz_info,
     raw_files,
 )
 from src.data.splits import anomaly_mask, one_class_split
@@ -117,7 +120,10 @@ def resolve_anomaly_classes(anomaly_class: AnomalyClass, names: list[str]) -> li
     return sorted(set(labels))
 
 
-def input_dim_of(dataset: str) -> int:
+def input_dim_of(dataset: str, path: str | Path | None = None) -> int:
+    """Inputs per sample: pixels of the dataset's images (for ``npz``, of the file's samples)."""
+    if dataset == "npz":
+        return math.prod(npz_info(path).sample_shape)
     if dataset not in IMAGE_SHAPES:
         raise ValueError(f"data.dataset={dataset!r} is unknown")
     h, w = IMAGE_SHAPES[dataset]
@@ -133,6 +139,7 @@ def check_data_settings(
     batch_size: int,
     eval_batch_size: int,
     num_workers: int = 0,
+    path: str | None = None,
 ) -> list[int]:
     """Validate the data settings without reading any data; return the anomaly labels.
 
@@ -144,6 +151,11 @@ def check_data_settings(
         )
     if dataset == "emnist" and split not in EMNIST_SPLITS:
         raise ValueError(f"data.split={split!r} is not an EMNIST split: choose one of {list(EMNIST_SPLITS)}.")
+    if path is not None and dataset != "npz":
+        raise ValueError(
+            f"data.path={path!r} is set, but data.dataset={dataset} does not read it (only data=npz does; "
+            f"{dataset} is read from data.root): drop data.path, or use data=npz."
+        )
     bad = []
     if anomaly_ratio is not None and not 0 < anomaly_ratio < 1:
         bad.append(
@@ -161,8 +173,8 @@ def check_data_settings(
             f"data.num_workers={num_workers!r} is invalid: it must be >= 0 (0 loads in the main process)."
         )
     try:
-        labels = resolve_anomaly_classes(anomaly_class, class_names(dataset, split))
-    except ValueError as err:
+        labels = resolve_anomaly_classes(anomaly_class, class_names(dataset, split, path))
+    except ValueError as err:  # for npz also an unset data.path or a file that cannot be used
         bad.append(str(err))
     if bad:
         raise ValueError(" ".join(bad))
@@ -176,8 +188,8 @@ class OneClassDataModule(LightningDataModule):
     int64 with 1 = anomaly. See ``src.data.splits`` for how train, val and test are built.
 
     Args:
-        dataset: one of ``emnist``, ``mnist``, ``fashion_mnist``, ``kmnist``, ``digits``.
-        root: folder holding torchvision's ``<Dataset>/raw`` files (unused for ``digits``).
+        dataset: one of ``emnist``, ``mnist``, ``fashion_mnist``, ``kmnist``, ``digits``, ``npz``.
+        root: folder holding torchvision's ``<Dataset>/raw`` files (unused for ``digits`` and ``npz``).
         split: EMNIST split (``byclass``, ``bymerge``, ``balanced``, ``letters``, ``digits``, ``mnist``).
         anomaly_class: label, label name, or a list of them.
         anomaly_ratio: share of anomalies in val and test; ``None`` keeps the natural proportion.
@@ -188,6 +200,7 @@ class OneClassDataModule(LightningDataModule):
         num_workers: DataLoader workers; 0 (the default) is fastest for in-memory data.
         cache: keep a decoded copy next to the raw files and read later runs from it (see
             ``src.data.sources``); ``False`` decodes the raw files every run.
+        path: for ``npz`` only, the ``.npz`` file (see ``src.data.sources.NPZ_FORMAT``).
     """
 
     def __init__(
@@ -204,6 +217,7 @@ class OneClassDataModule(LightningDataModule):
         download: bool = False,
         num_workers: int = 0,
         cache: bool = True,
+        path: str | None = None,
     ) -> None:
         super().__init__()
         self.anomaly_classes = check_data_settings(
@@ -215,6 +229,7 @@ class OneClassDataModule(LightningDataModule):
             batch_size,
             eval_batch_size,
             num_workers,
+            path,
         )
         self.save_hyperparameters(logger=False)
         self.data_train: InMemoryBatches | None = None
@@ -226,19 +241,22 @@ class OneClassDataModule(LightningDataModule):
 
     @property
     def input_dim(self) -> int:
-        return input_dim_of(self.hparams.dataset)
+        return input_dim_of(self.hparams.dataset, self.hparams.path)
 
     def check_available(self) -> None:
         """Raise ``DatasetNotFoundError`` now, before any training, if the files are missing and
         ``download`` is off."""
         hp = self.hparams
+        if hp.dataset == "npz":
+            npz_info(hp.path)  # DatasetNotFoundError if the file is gone
+            return
         if hp.dataset == "digits" or hp.download:
             return
         if not all(p.is_file() for p in raw_files(hp.dataset, self._root, hp.split)):
             raise not_found(hp.dataset, self._root, hp.split, download=False)
 
     def prepare_data(self) -> None:
-        if self.hparams.download and self.hparams.dataset != "digits":
+        if self.hparams.download and self.hparams.dataset not in ("digits", "npz"):
             load_source(self.hparams.dataset, self._root, self.hparams.split, True, self.hparams.cache)
 
     @property
@@ -249,7 +267,7 @@ class OneClassDataModule(LightningDataModule):
         if self.data_train is not None:
             return
         hp = self.hparams
-        src = load_source(hp.dataset, self._root, hp.split, download=False, cache=hp.cache)
+        src = load_source(hp.dataset, self._root, hp.split, download=False, cache=hp.cache, path=hp.path)
         idx = one_class_split(
             src.y_train, src.y_test, self.anomaly_classes, hp.anomaly_ratio, hp.val_fraction, hp.seed
         )

@@ -6,8 +6,10 @@ files, and every run, the first included, reads from there only the rows its spl
 (``CachedImages``).
 """
 
+import functools
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -87,12 +89,15 @@ TORCHVISION = {
     "kmnist": datasets.KMNIST,
 }
 IMAGE_SHAPES = {name: (28, 28) for name in TORCHVISION} | {"digits": (8, 8)}
-DATASETS = tuple(IMAGE_SHAPES)
+DATASETS = (*IMAGE_SHAPES, "npz")  # npz: the user's own arrays, at data.path
 EMNIST_SPLITS = datasets.EMNIST.splits
 
 
-def class_names(dataset: str, split: str = "byclass") -> list[str]:
-    """Label names in label order, known without reading any data (MNIST's ``'0 - zero'`` -> ``'0'``)."""
+def class_names(dataset: str, split: str = "byclass", path: str | Path | None = None) -> list[str]:
+    """Label names in label order (MNIST's ``'0 - zero'`` -> ``'0'``), known without reading any images
+    (for ``npz``, from the file's ``classes`` or its labels)."""
+    if dataset == "npz":
+        return npz_info(path).classes
     if dataset == "digits":
         return [str(d) for d in range(10)]
     if dataset == "emnist":
@@ -255,8 +260,135 @@ def load_cached(dataset: str, root: str | Path, split: str) -> Source:
     )
 
 
-def load_source(dataset: str, root: str | Path, split: str, download: bool, cache: bool = False) -> Source:
+NPZ_FORMAT = (
+    "data=npz reads one .npz file (numpy.savez) holding x_train and x_test, uint8 arrays of shape (N, ...) "
+    "(images (N, H, W) or (N, H, W, C), or vectors (N, D); each sample is flattened row-major, scaled "
+    "to [0, 1] by /255), y_train and y_test, 1-D integer class labels from 0, and optionally classes, "
+    "the class names in label order"
+)
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+class NpzInfo(NamedTuple):
+    sample_shape: tuple[int, ...]  # one sample's shape, e.g. (28, 28)
+    classes: list[str]  # names in label order
+
+
+def _npz_path(path: str | Path | None) -> Path:
+    if path is None:
+        raise ValueError(f"data.path is not set: data=npz needs data.path=<your file.npz>. {NPZ_FORMAT}.")
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.is_file():
+        raise DatasetNotFoundError(
+            f"data.path={str(path)!r} is not a file ({resolved} does not exist). Fix: point data.path at "
+            f"your .npz file. {NPZ_FORMAT}. No other dataset is substituted."
+        )
+    return resolved
+
+
+def _npz_problem(path: Path, problem: str) -> CorruptDataError:
+    return CorruptDataError(f"data.path={str(path)!r} cannot be used: {problem}. {NPZ_FORMAT}.")
+
+
+def _array_header(archive: zipfile.ZipFile, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of one array of an .npz, from its header only (the images may be large)."""
+    try:
+        with archive.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(version)
+            if read_header is None:
+                raise ValueError(f".npy format version {version}; numpy.savez writes 1.0 or 2.0")
+            shape, _, dtype = read_header(f)
+    except KeyError:
+        held = sorted(n.removesuffix(".npy") for n in archive.namelist())
+        raise _npz_problem(path, f"it holds no array {key!r} (it holds {held})") from None
+    except ValueError as err:
+        raise _npz_problem(path, f"its array {key!r} is unreadable ({err})") from err
+    return tuple(shape), np.dtype(dtype)
+
+
+def _load_npz_array(path: Path, key: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return npz[key]
+    except ValueError as err:  # object arrays (pickles) are refused
+        raise _npz_problem(path, f"its array {key!r} is unreadable ({err})") from err
+
+
+@functools.lru_cache(maxsize=8)
+def _npz_info(path: Path, size: int, mtime_ns: int) -> NpzInfo:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise _npz_problem(path, f"it is not an .npz archive ({err})") from err
+    with archive:
+        shapes = {k: _array_header(archive, k, path) for k in NPZ_ARRAYS}
+        names = None
+        if "classes.npy" in archive.namelist():
+            names = [str(c) for c in _load_npz_array(path, "classes").tolist()]
+    for part in ("train", "test"):
+        (x_shape, x_dtype), (y_shape, y_dtype) = shapes[f"x_{part}"], shapes[f"y_{part}"]
+        if x_dtype != np.uint8:
+            raise _npz_problem(
+                path,
+                f"x_{part} is {x_dtype}, not uint8. For values in [0, 1] save "
+                f"np.rint(x_{part} * 255).astype(np.uint8); the model sees them divided by 255 again",
+            )
+        if len(x_shape) < 2 or 0 in x_shape:
+            raise _npz_problem(path, f"x_{part} has shape {x_shape}: it needs (N, ...) with N > 0 samples")
+        if len(y_shape) != 1 or y_shape[0] != x_shape[0] or y_dtype.kind not in "iu":
+            raise _npz_problem(
+                path, f"y_{part} is {y_dtype} of shape {y_shape}: it needs {x_shape[0]} integer labels, (N,)"
+            )
+    if shapes["x_train"][0][1:] != shapes["x_test"][0][1:]:
+        raise _npz_problem(
+            path, f"x_train's samples are {shapes['x_train'][0][1:]}, x_test's {shapes['x_test'][0][1:]}"
+        )
+    labels = np.concatenate([_load_npz_array(path, k) for k in ("y_train", "y_test")])
+    if labels.min() < 0 or (names is not None and labels.max() >= len(names)):
+        allowed = f"0..{len(names) - 1} (one per name in classes)" if names is not None else ">= 0"
+        raise _npz_problem(
+            path, f"its labels run from {labels.min()} to {labels.max()}; they must be {allowed}"
+        )
+    if names is None:
+        names = [str(c) for c in range(int(labels.max()) + 1)]
+    return NpzInfo(shapes["x_train"][0][1:], names)
+
+
+def npz_info(path: str | Path | None) -> NpzInfo:
+    """Sample shape and class names of the user's .npz, checked; read from headers and labels only."""
+    resolved = _npz_path(path)
+    stat = resolved.stat()  # a replaced file is read again
+    return _npz_info(resolved, stat.st_size, stat.st_mtime_ns)
+
+
+def load_npz(path: str | Path | None) -> Source:
+    """The user's arrays (see ``NPZ_FORMAT``), checked by ``npz_info``, as flat uint8 and int64."""
+    resolved = _npz_path(path)
+    npz_info(resolved)
+    x_train, y_train, x_test, y_test = (_load_npz_array(resolved, k) for k in NPZ_ARRAYS)
+    return Source(
+        _flatten(torch.from_numpy(x_train)),
+        torch.from_numpy(y_train.astype(np.int64)),
+        _flatten(torch.from_numpy(x_test)),
+        torch.from_numpy(y_test.astype(np.int64)),
+    )
+
+
+def load_source(
+    dataset: str,
+    root: str | Path,
+    split: str,
+    download: bool,
+    cache: bool = False,
+    path: str | Path | None = None,
+) -> Source:
     """Decode ``dataset``; with ``cache``, through the decoded cache (see the module docstring)."""
+    if dataset == "npz":
+        return load_npz(path)
     if dataset == "digits":
         return load_digits()
     if cache and all(p.is_file() for p in raw_files(dataset, root, split)):
