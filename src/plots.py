@@ -18,15 +18,19 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def versus_depth(df: pd.DataFrame, value: str, ylabel: str, title: str, path: Path) -> Path:
-    """Mean over seeds per model and depth, with standard deviations as error bars."""
+def versus_depth(
+    df: pd.DataFrame, value: str, ylabel: str, title: str, path: Path, x: str = "n_layers"
+) -> Path:
+    """Mean over seeds per model and depth (or another numeric setting ``x``), with standard
+    deviations as error bars."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     for model, group in df.groupby("model"):
-        stats = group.groupby("n_layers")[value].agg(["mean", "std"]).fillna({"std": 0.0})
+        stats = group.groupby(x)[value].agg(["mean", "std"]).fillna({"std": 0.0})
         ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=model)
-    ax.set(xlabel="n_layers (per side)", ylabel=ylabel, title=title)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="n_layers (per side)" if x == "n_layers" else x, ylabel=ylabel, title=title)
+    if x == "n_layers":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -123,13 +127,22 @@ def g_norm_over_steps(sweep_dir: Path, df: pd.DataFrame, path: Path) -> Path | N
     return _save(fig, path)
 
 
-def make_all(sweep_dir: Path, df: pd.DataFrame) -> list[Path]:
-    """Every plot the sweep's settings allow; returns the files written."""
+def make_all(sweep_dir: Path, df: pd.DataFrame, axes: list[str] | None = None) -> list[Path]:
+    """Every plot the sweep's settings allow; returns the files written. ``axes`` are the swept
+    settings (besides model and seed): a curve over one of them is drawn only when it is the only one,
+    so that no point averages over another setting."""
     done = df[df.status == "completed"]
     out: list[Path | None] = []
     if done.empty:
         return []
-    if done.n_layers.nunique() > 1:
+    only = lambda column: not axes or axes == [column]  # noqa: E731
+    study_axes = ("n_layers", "anomaly_class", "gradient_clip_val")  # their own plots, below
+    generic = axes[0] if axes and len(axes) == 1 and axes[0] not in study_axes else None
+    if generic and pd.api.types.is_numeric_dtype(done[generic]):
+        name = generic.replace(".", "_").replace("=", "_")
+        out.append(versus_depth(done, "test_auroc", "test AUROC", f"AUROC vs {generic}",
+                                sweep_dir / f"auroc_vs_{name}.png", x=generic))  # fmt: skip
+    if done.n_layers.nunique() > 1 and only("n_layers"):
         out.append(
             versus_depth(done, "test_auroc", "test AUROC", "AUROC vs depth", sweep_dir / "auroc_vs_depth.png")
         )
@@ -144,7 +157,7 @@ def make_all(sweep_dir: Path, df: pd.DataFrame) -> list[Path]:
                     sweep_dir / "train_loss_vs_depth.png",
                 )  # fmt: skip
             )
-    if done.anomaly_class.nunique() > 1:
+    if done.anomaly_class.nunique() > 1 and only("anomaly_class"):
         out.append(by_class(done, sweep_dir / "auroc_by_class.png"))
     if df.gradient_clip_val.nunique() > 1:
         out.append(g_norm_over_steps(sweep_dir, df, sweep_dir / "g_norm_over_steps.png"))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from omegaconf import OmegaConf
 
 from src import plots
@@ -27,6 +28,19 @@ COLUMNS = [
     "anomaly_class", "seed", "gradient_clip_val", "train_loss", "val_auroc", "test_auroc",
     "test_auprc", "g_norm_max", "test_normal", "test_anomaly", "wall_time_s", "error",
 ]  # fmt: skip
+
+
+# Swept settings the report has columns for already; any other swept setting gets a column of its own,
+# named by its override key (model.latent_dim, data=..., ...).
+KNOWN_AXES = {
+    "model.n_layers": "n_layers",
+    "data.anomaly_class": "anomaly_class",
+    "trainer.gradient_clip_val": "gradient_clip_val",
+    "model.latent_dim": "latent_dim",
+    "model.hidden_dim": "hidden_dim",
+    "model.block": "block",
+}
+NOT_AXES = {"model", "seed"}  # models are the tables' columns; seeds are what a cell averages over
 
 
 class NoResultsError(RuntimeError):
@@ -97,8 +111,40 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     )
 
 
-def collect(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    """All jobs found under ``sweep_dir`` and the overrides of expected jobs that never started."""
+def job_overrides(job_dir: Path) -> dict[str, str]:
+    """The job's command-line overrides, ``{"model.latent_dim": "8", ...}``."""
+    items = OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")
+    return {key.lstrip("+~"): value for key, _, value in (str(i).partition("=") for i in items)}
+
+
+def _axis_column(raw: list[str | None]) -> list[Any]:
+    """Override values as numbers where all of them are numbers (so that 16 sorts after 2), else as
+    the text given; a job without the override reads ``default``."""
+    parsed = []
+    for value in raw:
+        try:
+            parsed.append(yaml.safe_load(value) if value is not None else None)
+        except yaml.YAMLError:
+            parsed.append(value)
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in parsed):
+        return parsed
+    return ["default" if v is None else v for v in raw]
+
+
+def sweep_axes(df: pd.DataFrame, overrides: list[dict[str, str]]) -> list[str]:
+    """The settings the sweep varies, besides the model and the seed, as columns of ``df`` (added
+    where the report has none): the rows of its tables."""
+    keys = sorted({k for o in overrides for k in o} - NOT_AXES)
+    swept = [k for k in keys if len({o.get(k) for o in overrides}) > 1]
+    for key in swept:
+        if key not in KNOWN_AXES:
+            df[key] = _axis_column([o.get(key) for o in overrides])
+    return [KNOWN_AXES.get(k, k) for k in swept]
+
+
+def collect(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """All jobs found under ``sweep_dir``, the overrides of expected jobs that never started, and the
+    swept settings (see ``sweep_axes``)."""
     job_dirs = sorted(p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml"))
     if not job_dirs:
         raise NoResultsError(
@@ -111,7 +157,8 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     df = pd.DataFrame(rows).reindex(columns=COLUMNS)
     # a label, not a number: null (no clipping) must stay a value of its own
     df["gradient_clip_val"] = df.gradient_clip_val.map(lambda v: "null" if pd.isna(v) else f"{v:g}")
-    return df, missing
+    axes = sweep_axes(df, [job_overrides(d) for d in job_dirs])
+    return df, missing, axes
 
 
 def _cell(values: pd.Series, n_diverged: int = 0) -> str:
@@ -127,15 +174,18 @@ def _cell(values: pd.Series, n_diverged: int = 0) -> str:
     return text
 
 
-def pivot_table(df: pd.DataFrame, row: str, value: str, higher_is_better: bool = True) -> str:
-    """Markdown table: ``row`` down, models across, ``mean ± std (n jobs)`` per cell, best in bold.
+def pivot_table(df: pd.DataFrame, row: str | list[str], value: str, higher_is_better: bool = True) -> str:
+    """Markdown table: ``row`` (a setting, or several) down, models across, ``mean ± std (n jobs)`` per
+    cell, best in bold.
 
     Statistics use completed jobs; diverged jobs are counted in their cell.
     """
+    rows = [row] if isinstance(row, str) else list(row)
     df = df[df.status.isin(["completed", "diverged"])]
     models = sorted(df.model.unique())
-    lines = [f"| {row} | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
-    for key, group in df.groupby(row, sort=True):
+    lines = [f"| {', '.join(rows)} | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for keys, group in df.groupby(rows, sort=True, dropna=False):
+        key = ", ".join(map(str, keys))
         done = group[group.status == "completed"]
         means = {m: done[done.model == m][value].mean() for m in models}
         valid = {m: v for m, v in means.items() if pd.notna(v)}
@@ -147,8 +197,8 @@ def pivot_table(df: pd.DataFrame, row: str, value: str, higher_is_better: bool =
             cell = _cell(done[done.model == m][value], n_div)
             cells.append(f"**{cell}**" if m in bold else cell)
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    if row == "anomaly_class":  # the study's summary: the mean over held-out classes
-        per_class = df[df.status == "completed"].groupby(["model", row])[value].mean()
+    if rows == ["anomaly_class"]:  # the study's summary: the mean over held-out classes
+        per_class = df[df.status == "completed"].groupby(["model", "anomaly_class"])[value].mean()
         means = [_cell(per_class[m]) if m in per_class else "–" for m in models]
         lines.append("| mean over classes | " + " | ".join(means) + " |")
     return "\n".join(lines)
@@ -178,7 +228,7 @@ def varies(df: pd.DataFrame, column: str) -> bool:
     return df[column].map(str).nunique() > 1
 
 
-def render(sweep_dir: Path, df: pd.DataFrame, missing: list[str], images: list[str]) -> str:
+def render(sweep_dir: Path, df: pd.DataFrame, missing: list[str], images: list[str], axes: list[str]) -> str:
     counts = df.status.value_counts().to_dict()
     total = len(df) + len(missing)
     parts = [
@@ -187,14 +237,17 @@ def render(sweep_dir: Path, df: pd.DataFrame, missing: list[str], images: list[s
         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         + f"; {len(missing)} missing. Cells: mean ± std over seeds (number of jobs); best per row in bold.",
     ]
-    row = next((c for c in ("n_layers", "anomaly_class", "gradient_clip_val") if varies(df, c)), "n_layers")
+    # the swept settings down the tables; without overrides that vary, the first study setting that does
+    fallback = ("n_layers", "anomaly_class", "gradient_clip_val")
+    row = axes or [next((c for c in fallback if varies(df, c)), "n_layers")]
     if df.status.isin(["completed", "diverged"]).any():
-        parts += [f"## Test AUROC per {row}", pivot_table(df, row, "test_auroc")]
-        parts += [f"## Best validation AUROC per {row}", pivot_table(df, row, "val_auroc")]
+        label = ", ".join(row)
+        parts += [f"## Test AUROC per {label}", pivot_table(df, row, "test_auroc")]
+        parts += [f"## Best validation AUROC per {label}", pivot_table(df, row, "val_auroc")]
         plain = df[df.model.isin(["ae", "rae"])]
         if not plain.empty:
             parts += [
-                f"## Final train loss per {row} (AE vs RAE; lower is better)",
+                f"## Final train loss per {label} (AE vs RAE; lower is better)",
                 pivot_table(plain, row, "train_loss", higher_is_better=False),
             ]
         if varies(df, "gradient_clip_val"):
@@ -202,7 +255,7 @@ def render(sweep_dir: Path, df: pd.DataFrame, missing: list[str], images: list[s
                 "## Max train/g_norm per gradient_clip_val",
                 pivot_table(df, "gradient_clip_val", "g_norm_max", False),
             ]
-        if row == "anomaly_class" and set(df.dataset) == {"mnist"}:
+        if row == ["anomaly_class"] and set(df.dataset) == {"mnist"}:
             parts += ["## Test AUROC per held-out MNIST digit, beside the study", published_table(df)]
     else:
         parts.append("No job has completed yet.")
@@ -223,10 +276,10 @@ def build_report(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str], list[P
     sweep_dir = Path(sweep_dir).resolve()
     if not sweep_dir.is_dir():
         raise NoResultsError(f"{sweep_dir} is not a directory")
-    df, missing = collect(sweep_dir)
+    df, missing, axes = collect(sweep_dir)
     df.to_csv(sweep_dir / "results.csv", index=False)
-    images = plots.make_all(sweep_dir, df)
-    (sweep_dir / "report.md").write_text(render(sweep_dir, df, missing, [p.name for p in images]))
+    images = plots.make_all(sweep_dir, df, axes)
+    (sweep_dir / "report.md").write_text(render(sweep_dir, df, missing, [p.name for p in images], axes))
     return df, missing, images
 
 

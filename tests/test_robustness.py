@@ -49,8 +49,11 @@ def test_a_diverging_job_lets_the_sweep_go_on_and_is_reported(tmp_path: Path) ->
     assert proc.returncode != 0
     df, _, _ = build_report(sweep)
     assert sorted(df.status) == ["completed", "diverged"]
-    table = (sweep / "report.md").read_text().split("## Test AUROC per n_layers")[1].split("##")[0]
-    assert "(1), 1 diverged" in table  # the cell counts the diverged job, it is not "missing"
+    # the swept setting is the fault's step: the diverged job has its cell, it is not "missing"
+    table = (
+        (sweep / "report.md").read_text().split("## Test AUROC per callbacks.fault.step")[1].split("##")[0]
+    )
+    assert "| 20 | diverged (1) |" in table and "| -1 | 0." in table
 
 
 def test_metrics_json_is_written_atomically(tmp_path: Path, monkeypatch) -> None:

@@ -141,6 +141,45 @@ def test_report_tables_on_known_results(tmp_path: Path) -> None:
     assert "model=rae,seed=2`: missing" in report
 
 
+def test_report_rows_are_whatever_the_sweep_varied(tmp_path: Path) -> None:
+    # a bottleneck sweep: its cells average over seeds only, never over the latent sizes
+    sweep = tmp_path / "latent"
+    for model in ("ae", "vae"):
+        for latent in (2, 16):
+            for seed in (0, 1):
+                auroc = 0.5 + latent / 100 + (0.1 if model == "vae" else 0) + seed / 100
+                metrics = _metrics(model, 4, seed, auroc, 1.0)
+                metrics["model"]["latent_dim"] = latent
+                overrides = [f"model={model}", f"model.latent_dim={latent}", f"seed={seed}", "data=digits"]
+                _job(sweep, f"{model}{latent}{seed}", overrides, metrics)
+    build_report(sweep)
+    report = (sweep / "report.md").read_text()
+    table = report.split("## Test AUROC per latent_dim")[1].split("##")[0].strip().splitlines()
+    assert table[0] == "| latent_dim | ae | vae |"
+    assert table[2:] == ["| 2 | 0.525 ± 0.007 (2) | **0.625 ± 0.007 (2)** |",  # 2 before 16: numbers
+                         "| 16 | 0.665 ± 0.007 (2) | **0.765 ± 0.007 (2)** |"]  # fmt: skip
+    with Image.open(sweep / "auroc_vs_latent_dim.png") as img:
+        img.verify()
+
+    # two swept settings: one row per pair, and no curve over one of them that averages over the other
+    sweep = tmp_path / "two"
+    for beta in (0.5, 1):
+        for depth in (1, 2):
+            metrics = _metrics("vae", depth, 0, 0.6 + depth / 10 + beta / 100, None)
+            _job(
+                sweep,
+                f"{beta}{depth}",
+                ["model=vae", f"model.n_layers={depth}", f"model.beta={beta}"],
+                metrics,
+            )
+    df, _, _ = build_report(sweep)
+    report = (sweep / "report.md").read_text()
+    table = report.split("## Test AUROC per model.beta, n_layers")[1].split("##")[0]
+    assert "| 0.5, 2 | 0.805 (1) |" in table and "| 1.0, 1 | 0.710 (1) |" in table
+    assert df["model.beta"].tolist() == [0.5, 0.5, 1, 1]
+    assert not list(sweep.glob("*.png"))
+
+
 def test_report_on_a_directory_without_results(tmp_path: Path, capsys) -> None:
     assert report_main([str(tmp_path)]) == 2
     assert "holds no job of a multirun" in capsys.readouterr().err
