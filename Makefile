@@ -32,8 +32,8 @@ train: $(STAMP) ## Train RVAE on the offline digits data (add ARGS="model=ae ...
 sweep: $(STAMP) ## Run a study sweep: EXP=degradation|rvae_vs_vae|rvae_vs_vae_depth|grad_explosion ARGS="data=digits ..."
 	$(PY) -m src.train experiment=$(EXP) $(ARGS)
 
-study: $(STAMP) ## All four study sweeps, each with its report, into STUDY_DIR/<experiment>[_DATA] (offline: DATA=digits EPOCHS=30)
-	@status=0; for e in degradation rvae_vs_vae rvae_vs_vae_depth grad_explosion; do \
+study: $(STAMP) ## All five study sweeps, each with its report, into STUDY_DIR/<experiment>[_DATA] (offline: DATA=digits EPOCHS=30)
+	@status=0; for e in degradation rvae_vs_vae rvae_vs_vae_depth grad_explosion bottleneck; do \
 	  dir=$(STUDY_DIR)/$${e}$(if $(DATA),_$(DATA)); \
 	  $(PY) -m src.train experiment=$$e $(if $(DATA),data=$(DATA)) $(if $(EPOCHS),trainer.max_epochs=$(EPOCHS)) \
 	    hydra.sweep.dir=$$dir $(ARGS) || status=1; \

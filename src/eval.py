@@ -10,6 +10,7 @@ distributions of normal and anomalous samples), and ``scores_by_class.csv`` and 
 """
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from src.config import ConfigError
 from src.cuda_check import skip_unloadable_nvml_check
 from src.data.datamodule import OneClassDataModule, resolve_anomaly_classes
 from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundError, class_names
+from src.loggers import wandb_credentials_found, wandb_run_id
 from src.metrics import AnomalyMetrics
 from src.models.module import AnomalyAutoEncoder
 from src.results import METRICS_FILE, provenance, read_metrics, write_json_atomic
@@ -220,7 +222,42 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "provenance": provenance(),
     }
     write_json_atomic(out / EVAL_FILE, record)
+    if cfg.wandb.enabled:  # after the files: W&B trouble costs no result
+        log_to_wandb(cfg, record, out, by_class)
     return record
+
+
+def log_to_wandb(cfg: DictConfig, record: dict[str, Any], out: Path, by_class: pd.DataFrame) -> None:
+    """A W&B run of job type ``eval``: the metrics as its summary, the per-class table, both plots, and
+    the id of the training run it scores (``train_run_id``). Offline without credentials; a failure is
+    a warning."""
+    import wandb
+
+    mode = None
+    if "WANDB_MODE" not in os.environ and not wandb_credentials_found():
+        log.warning("No W&B credentials: logging offline; upload later with `wandb sync`.")
+        mode = "offline"
+    stage, train_dir = record["stage"], Path(record["checkpoint"]).parent.parent
+    config = {
+        "checkpoint": record["checkpoint"],
+        "stage": stage,
+        "train_run_id": wandb_run_id(train_dir),
+        "data_changed": sorted(record["data_changed"]),
+    }
+    config |= {f"data.{k}": v for k, v in record["data"].items()}
+    config |= {f"model.{k}": v for k, v in record["model"].items()}
+    try:
+        with wandb.init(project=cfg.wandb.project, job_type="eval", name=f"eval-{train_dir.name}",
+                        dir=str(out), config=config, mode=mode) as run:  # fmt: skip
+            run.log({
+                "scores_by_class": wandb.Table(dataframe=by_class),
+                "scores": wandb.Image(str(out / "scores.png")),
+                "scores_by_class_plot": wandb.Image(str(out / "scores_by_class.png")),
+            })  # fmt: skip
+            keys = (f"{stage}/auroc", f"{stage}/auprc", "n_normal", "n_anomaly")
+            run.summary.update({k: record[k] for k in keys})
+    except Exception as err:
+        log.warning("W&B logging failed (%s: %s); the results are in %s.", type(err).__name__, err, out)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")

@@ -57,6 +57,12 @@ def wandb_credentials_found() -> bool:
         return False
 
 
+def wandb_run_id(output_dir: str | Path) -> str:
+    """The W&B run id of the training run in ``output_dir``: derived from the directory, so a resumed
+    run continues the same W&B run and ``src.eval`` can name the run it scores."""
+    return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
+
+
 def wandb_identity(cfg: DictConfig) -> dict[str, Any]:
     """Name ``<model>-L<n_layers>-s<seed>``, the sweep as group, tags to filter by, and a run id
     derived from the output directory, so a resumed job continues the same W&B run."""
@@ -71,7 +77,7 @@ def wandb_identity(cfg: DictConfig) -> dict[str, Any]:
         f"data:{cfg.data.dataset}",
         f"anomaly:{cfg.data.anomaly_class}",
     ]
-    run_id = hashlib.sha1(str(Path(cfg.paths.output_dir).resolve()).encode()).hexdigest()[:16]
+    run_id = wandb_run_id(cfg.paths.output_dir)
     return {
         "name": f"{model}-L{cfg.model.n_layers}-s{cfg.seed}",
         "group": group,

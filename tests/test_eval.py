@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import wandb
 from hydra import compose, initialize
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,8 +20,10 @@ from torchvision.datasets import EMNIST
 
 from src.config import ConfigError
 from src.eval import BY_CLASS_FILE, EVAL_FILE, SCORES_FILE, evaluate, scores_by_class
+from src.loggers import wandb_run_id
 from src.train import train
 from tests.conftest import REPO, compose_train
+from tests.wandb_file import offline_run_files, read_run
 
 
 def _as_run(cfg: DictConfig, out: Path) -> DictConfig:
@@ -80,6 +83,29 @@ def test_eval_scores_the_runs_own_test_split_again(trained, tmp_path: Path) -> N
         assert row.n == (scores["class"] == row[1]).sum()
     with Image.open(tmp_path / "scores_by_class.png") as img:
         img.verify()
+
+
+def test_eval_logs_its_results_to_wandb_when_asked(trained, tmp_path: Path) -> None:
+    run_dir, record, _ = trained
+    try:
+        result = evaluate(eval_cfg(tmp_path, f"ckpt_path={run_dir}", "wandb.enabled=true"))
+    finally:
+        wandb.teardown()  # the service has written the run's file once it returns
+    [path] = offline_run_files(tmp_path)
+    run = read_run(path)
+    assert run.exit_code == 0 and run.run.job_type == "eval"
+    assert run.run.display_name == f"eval-{run_dir.name}"
+    assert run.summary["test/auroc"] == pytest.approx(result["test/auroc"])
+    assert result["test/auroc"] == pytest.approx(record["test/auroc"], abs=1e-6)
+    assert run.summary["n_anomaly"] == result["n_anomaly"]
+    assert run.config["train_run_id"] == wandb_run_id(run_dir)  # the training run it scores
+    assert run.config["data.dataset"] == "digits" and run.config["model.n_layers"] == 4
+    [logged] = run.history  # one row: the per-class table (10 digits) and the two plots
+    assert logged["scores_by_class._type"] == "table-file" and logged["scores_by_class.nrows"] == 10
+    assert logged["scores._type"] == logged["scores_by_class_plot._type"] == "image-file"
+    # without wandb.enabled, no W&B run
+    evaluate(eval_cfg(tmp_path / "plain", f"ckpt_path={run_dir}"))
+    assert not offline_run_files(tmp_path / "plain")
 
 
 def test_scores_by_class_on_a_known_table() -> None:

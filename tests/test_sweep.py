@@ -263,7 +263,7 @@ def _make_study(tmp_path: Path, py: str, *args: str) -> subprocess.CompletedProc
 
 
 def test_make_study_runs_each_sweep_then_its_report(tmp_path: Path) -> None:
-    experiments = ["degradation", "rvae_vs_vae", "rvae_vs_vae_depth", "grad_explosion"]
+    experiments = ["degradation", "rvae_vs_vae", "rvae_vs_vae_depth", "grad_explosion", "bottleneck"]
     proc = _make_study(tmp_path, "echo", "DATA=digits", "EPOCHS=30")
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if "src." in line]
