@@ -29,8 +29,12 @@ def versus_depth(
         stats = group.groupby(x)[value].agg(["mean", "std"]).fillna({"std": 0.0})
         ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=model)
     ax.set(xlabel="n_layers (per side)" if x == "n_layers" else x, ylabel=ylabel, title=title)
+    values = df[x].dropna()
     if x == "n_layers":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    elif len(values) and values.min() > 0 and values.max() >= 8 * values.min():  # e.g. 2, 4, ..., 64
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(values.unique()), [f"{v:g}" for v in sorted(values.unique())])
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
