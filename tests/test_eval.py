@@ -19,8 +19,10 @@ from sklearn.metrics import roc_auc_score
 from torchvision.datasets import EMNIST
 
 from src.config import ConfigError
+from src.data.sources import load_digits
 from src.eval import BY_CLASS_FILE, EVAL_FILE, SCORES_FILE, evaluate, scores_by_class
 from src.loggers import wandb_run_id
+from src.models.module import AnomalyAutoEncoder
 from src.train import train
 from tests.conftest import REPO, compose_train
 from tests.wandb_file import offline_run_files, read_run
@@ -124,6 +126,19 @@ def test_scores_by_class_on_a_known_table() -> None:
     assert by_class.n.to_dict() == {"A": 2, "B": 2, "C": 2, "X": 1, "Y": 1}
     assert by_class.loc["B", "median_score"] == 55.0
     assert by_class.loc["B", "median_percentile"] == pytest.approx(100 * 7.5 / 8)
+
+
+def test_the_loaded_module_scores_samples_as_eval_does(trained, tmp_path: Path) -> None:
+    run_dir, record, _ = trained
+    evaluate(eval_cfg(tmp_path, f"ckpt_path={run_dir}"))
+    scores = pd.read_csv(tmp_path / SCORES_FILE)
+    # the README's recipe: load, eval(), call on float (B, 64) rows in [0, 1] of the source's test split
+    model = AnomalyAutoEncoder.load_from_checkpoint(record["best_checkpoint"], map_location="cpu")
+    model.eval()
+    x = load_digits().x_test[torch.tensor(scores.source_index.to_numpy())].float() / 255
+    with torch.no_grad():
+        ours = model(x)
+    assert torch.allclose(ours, torch.tensor(scores.score.to_numpy(), dtype=torch.float32), rtol=1e-5)
 
 
 def test_eval_scores_the_val_split_at_the_checkpoints_val_auroc(trained, tmp_path: Path) -> None:
