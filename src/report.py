@@ -185,7 +185,7 @@ def pivot_table(df: pd.DataFrame, row: str | list[str], value: str, higher_is_be
     models = sorted(df.model.unique())
     lines = [f"| {', '.join(rows)} | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
     for keys, group in df.groupby(rows, sort=True, dropna=False):
-        key = ", ".join(map(str, keys))
+        key = ", ".join(f"{k:.4g}" if isinstance(k, float) else str(k) for k in keys)
         done = group[group.status == "completed"]
         means = {m: done[done.model == m][value].mean() for m in models}
         valid = {m: v for m, v in means.items() if pd.notna(v)}

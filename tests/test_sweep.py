@@ -175,7 +175,7 @@ def test_report_rows_are_whatever_the_sweep_varied(tmp_path: Path) -> None:
     df, _, _ = build_report(sweep)
     report = (sweep / "report.md").read_text()
     table = report.split("## Test AUROC per model.beta, n_layers")[1].split("##")[0]
-    assert "| 0.5, 2 | 0.805 (1) |" in table and "| 1.0, 1 | 0.710 (1) |" in table
+    assert "| 0.5, 2 | 0.805 (1) |" in table and "| 1, 1 | 0.710 (1) |" in table
     assert df["model.beta"].tolist() == [0.5, 0.5, 1, 1]
     assert not list(sweep.glob("*.png"))
 
