@@ -19,15 +19,23 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def versus_depth(
-    df: pd.DataFrame, value: str, ylabel: str, title: str, path: Path, x: str = "n_layers"
+    df: pd.DataFrame,
+    value: str,
+    ylabel: str,
+    title: str,
+    path: Path,
+    x: str = "n_layers",
+    by: str | None = None,
 ) -> Path:
     """Mean over seeds per model and depth (or another numeric setting ``x``), with standard
-    deviations as error bars."""
+    deviations as error bars; with ``by`` (a second swept setting), one curve per model and value of
+    it, e.g. the degradation curves of two datasets side by side."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    for model, group in df.groupby("model"):
+    for key, group in df.groupby(["model", by] if by else "model"):
+        label = f"{key[0]}, {by}={key[1]}" if by else key
         stats = group.groupby(x)[value].agg(["mean", "std"]).fillna({"std": 0.0})
-        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=model)
+        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=label)
     ax.set(xlabel="n_layers (per side)" if x == "n_layers" else x, ylabel=ylabel, title=title)
     values = df[x].dropna()
     if x == "n_layers":
@@ -133,8 +141,9 @@ def g_norm_over_steps(sweep_dir: Path, df: pd.DataFrame, path: Path) -> Path | N
 
 def make_all(sweep_dir: Path, df: pd.DataFrame, axes: list[str] | None = None) -> list[Path]:
     """Every plot the sweep's settings allow; returns the files written. ``axes`` are the swept
-    settings (besides model and seed): a curve over one of them is drawn only when it is the only one,
-    so that no point averages over another setting."""
+    settings (besides model and seed): a curve over one of them is drawn when it is the only one, or
+    for depth, with one curve per value of a second one, so that no point averages over another
+    setting."""
     done = df[df.status == "completed"]
     out: list[Path | None] = []
     if done.empty:
@@ -146,21 +155,16 @@ def make_all(sweep_dir: Path, df: pd.DataFrame, axes: list[str] | None = None) -
         name = generic.replace(".", "_").replace("=", "_")
         out.append(versus_depth(done, "test_auroc", "test AUROC", f"AUROC vs {generic}",
                                 sweep_dir / f"auroc_vs_{name}.png", x=generic))  # fmt: skip
-    if done.n_layers.nunique() > 1 and only("n_layers"):
-        out.append(
-            versus_depth(done, "test_auroc", "test AUROC", "AUROC vs depth", sweep_dir / "auroc_vs_depth.png")
-        )
+    # depth and one more swept setting (data=digits,npz, model.beta=...): one curve per value of it
+    by = next((a for a in axes or [] if a != "n_layers"), None) if axes and len(axes) == 2 else None
+    if done.n_layers.nunique() > 1 and (only("n_layers") or (by and "n_layers" in axes)):
+        out.append(versus_depth(done, "test_auroc", "test AUROC", "AUROC vs depth",
+                                sweep_dir / "auroc_vs_depth.png", by=by))  # fmt: skip
         plain = done[done.model.isin(["ae", "rae"])]
         if not plain.empty:
-            out.append(
-                versus_depth(
-                    plain,
-                    "train_loss",
-                    "final train loss",
-                    "Degradation: train loss vs depth",
-                    sweep_dir / "train_loss_vs_depth.png",
-                )  # fmt: skip
-            )
+            title = "Degradation: train loss vs depth"
+            out.append(versus_depth(plain, "train_loss", "final train loss", title,
+                                    sweep_dir / "train_loss_vs_depth.png", by=by))  # fmt: skip
     if done.anomaly_class.nunique() > 1 and only("anomaly_class"):
         out.append(by_class(done, sweep_dir / "auroc_by_class.png"))
     if df.gradient_clip_val.nunique() > 1:

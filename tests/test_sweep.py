@@ -177,6 +177,18 @@ def test_report_rows_are_whatever_the_sweep_varied(tmp_path: Path) -> None:
     table = report.split("## Test AUROC per model.beta, n_layers")[1].split("##")[0]
     assert "| 0.5, 2 | 0.805 (1) |" in table and "| 1, 1 | 0.710 (1) |" in table
     assert df["model.beta"].tolist() == [0.5, 0.5, 1, 1]
+    # depth and one more setting: a depth curve per beta (no AE or RAE: no train-loss plot)
+    assert [p.name for p in sweep.glob("*.png")] == ["auroc_vs_depth.png"]
+
+    # three swept settings: tables only, no curve that would average over one of them
+    sweep = tmp_path / "three"
+    for beta in (0.5, 1):
+        for depth in (1, 2):
+            for lr in (0.1, 0.01):
+                overrides = ["model=vae", f"model.n_layers={depth}", f"model.beta={beta}", f"model.lr={lr}"]
+                _job(sweep, f"{beta}{depth}{lr}", overrides, _metrics("vae", depth, 0, 0.7, None))
+    build_report(sweep)
+    assert "## Test AUROC per model.beta, model.lr, n_layers" in (sweep / "report.md").read_text()
     assert not list(sweep.glob("*.png"))
 
 

@@ -97,7 +97,7 @@ def class_names(dataset: str, split: str = "byclass", path: str | Path | None = 
     """Label names in label order (MNIST's ``'0 - zero'`` -> ``'0'``), known without reading any images
     (for ``npz``, from the file's ``classes`` or its labels)."""
     if dataset == "npz":
-        return npz_info(path).classes
+        return list(npz_info(path).classes)  # a copy: the info is cached
     if dataset == "digits":
         return [str(d) for d in range(10)]
     if dataset == "emnist":
