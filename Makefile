@@ -29,10 +29,10 @@ install: $(STAMP) ## Create .venv and install the project with its dev extra
 train: $(STAMP) ## Train RVAE on the offline digits data (add ARGS="model=ae ..." to override)
 	$(PY) -m src.train data=digits trainer.max_epochs=30 $(ARGS)
 
-sweep: $(STAMP) ## Run a study sweep: EXP=degradation|rvae_vs_vae|rvae_vs_vae_depth|grad_explosion ARGS="data=digits ..."
+sweep: $(STAMP) ## Run a study sweep: EXP=degradation|rvae_vs_vae|rvae_vs_vae_depth|grad_explosion|bottleneck ARGS="data=mnist_5k ..."
 	$(PY) -m src.train experiment=$(EXP) $(ARGS)
 
-study: $(STAMP) ## All five study sweeps, each with its report, into STUDY_DIR/<experiment>[_DATA] (offline: DATA=digits EPOCHS=30)
+study: $(STAMP) ## All five study sweeps, each with its report, into STUDY_DIR/<experiment>[_DATA] (offline: DATA=mnist_5k or digits, EPOCHS=30)
 	@status=0; for e in degradation rvae_vs_vae rvae_vs_vae_depth grad_explosion bottleneck; do \
 	  dir=$(STUDY_DIR)/$${e}$(if $(DATA),_$(DATA)); \
 	  $(PY) -m src.train experiment=$$e $(if $(DATA),data=$(DATA)) $(if $(EPOCHS),trainer.max_epochs=$(EPOCHS)) \
