@@ -45,6 +45,7 @@ class DataConfig:
     num_workers: int = 0
     cache: bool = True
     path: str | None = None  # data=npz: the .npz file
+    drop_last: bool = False
 
 
 DATA_CHECKED = ("dataset", "split", "anomaly_class", "anomaly_ratio", "val_fraction", "batch_size",

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.config import ConfigError, check_config, register_configs
 from src.cuda_check import skip_unloadable_nvml_check
+from src.data.datamodule import NoTrainingBatchError
 from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundError
 from src.loggers import flat_config, instantiate_loggers, log_summaries
 from src.models.module import DivergedError
@@ -204,7 +205,13 @@ def main(cfg: DictConfig) -> float | None:
         check_config(cfg)
         metrics, _ = train(cfg)
         exit_code = 0
-    except (ConfigError, DatasetNotFoundError, CorruptDataError, CacheWriteError) as err:
+    except (
+        ConfigError,
+        DatasetNotFoundError,
+        CorruptDataError,
+        CacheWriteError,
+        NoTrainingBatchError,
+    ) as err:
         stop_on(err, exit_code=2)  # a setting or a data file to fix: the message names it and the fix
     except DivergedError as err:
         stop_on(err, exit_code=3)

@@ -10,7 +10,12 @@ from lightning.fabric.utilities.data import _replace_dunder_methods
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
-from src.data.datamodule import OneClassDataModule, TensorBatchSampler, resolve_anomaly_classes
+from src.data.datamodule import (
+    NoTrainingBatchError,
+    OneClassDataModule,
+    TensorBatchSampler,
+    resolve_anomaly_classes,
+)
 from src.data.sources import (
     CachedImages,
     CacheWriteError,
@@ -319,3 +324,27 @@ def test_worker_processes_give_the_same_batches(fake_emnist) -> None:
     torch.manual_seed(0)
     theirs = [x for x, _ in workers.train_dataloader()]
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_drop_last_trains_on_full_batches_only(fake_emnist) -> None:
+    root = fake_emnist[0]
+    kept = emnist_dm(root, batch_size=32)
+    dropped = emnist_dm(root, batch_size=32, drop_last=True)
+    n = len(kept.data_train)
+    assert n % 32 > 1  # a short last batch that the default keeps
+    assert [len(x) for x, _ in kept.train_dataloader()][-1] == n % 32
+    sizes = [len(x) for x, _ in dropped.train_dataloader()]
+    assert sizes == [32] * (n // 32)
+    # evaluation scores every sample either way
+    assert sum(len(x) for x, _ in dropped.val_dataloader()) == len(dropped.data_val)
+    # a last batch of one sample is dropped even without drop_last: BatchNorm cannot train on it
+    one_over = emnist_dm(root, batch_size=n - 1)
+    assert [len(x) for x, _ in one_over.train_dataloader()] == [n - 1]
+
+
+def test_drop_last_with_a_batch_larger_than_the_split_is_refused(fake_emnist) -> None:
+    root = fake_emnist[0]
+    n = len(emnist_dm(root).data_train)
+    with pytest.raises(NoTrainingBatchError, match=rf"data.drop_last=true with data.batch_size={n + 1} "):
+        emnist_dm(root, batch_size=n + 1, drop_last=True)
+    assert len(list(emnist_dm(root, batch_size=n + 1).train_dataloader())) == 1  # without it: one batch

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from omegaconf import open_dict
 
 from src.config import ConfigError
+from src.data.datamodule import NoTrainingBatchError
 from src.models.module import AnomalyAutoEncoder
 from src.train import train
 from tests.conftest import REPO, csv_metric, epoch_losses
@@ -288,3 +289,14 @@ def test_a_setting_the_trainer_rejects_stops_before_any_logger_starts(
         train(cfg)
     assert message in str(err.value)
     assert not (Path(cfg.paths.output_dir) / "wandb").exists()  # no W&B run was started for it
+
+
+def test_drop_last_with_too_large_a_batch_stops_before_training(make_cfg) -> None:
+    cfg = make_cfg("data.drop_last=true", "data.batch_size=5000")
+    with pytest.raises(
+        NoTrainingBatchError, match=r"Fix: set data.batch_size to \d+ or less, or data.drop_last"
+    ):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+    saved = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert saved["status"] == "failed" and "NoTrainingBatchError" in saved["error"]

@@ -33,6 +33,10 @@ MIN_PER_CLASS = 10
 log = logging.getLogger(__name__)
 
 
+class NoTrainingBatchError(ValueError):
+    """The training split, as built, gives no batch to train on."""
+
+
 class InMemoryBatches(Dataset):
     """uint8 images held in memory and batched by index; floats exist only one batch at a time."""
 
@@ -205,6 +209,9 @@ class OneClassDataModule(LightningDataModule):
         cache: keep a decoded copy next to the raw files and read later runs from it (see
             ``src.data.sources``); ``False`` decodes the raw files every run.
         path: for ``npz`` only, the ``.npz`` file (see ``src.data.sources.NPZ_FORMAT``).
+        drop_last: train on full batches only, dropping each epoch's short last batch (its BatchNorm
+            statistics come from fewer samples and its gradient norm spikes). A last batch of one
+            sample is dropped either way: BatchNorm cannot train on it.
     """
 
     def __init__(
@@ -222,6 +229,7 @@ class OneClassDataModule(LightningDataModule):
         num_workers: int = 0,
         cache: bool = True,
         path: str | None = None,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         self.anomaly_classes = check_data_settings(
@@ -278,6 +286,12 @@ class OneClassDataModule(LightningDataModule):
         idx = one_class_split(
             src.y_train, src.y_test, self.anomaly_classes, hp.anomaly_ratio, hp.val_fraction, hp.seed
         )
+        if hp.drop_last and len(idx.train) < hp.batch_size:
+            raise NoTrainingBatchError(
+                f"data.drop_last=true with data.batch_size={hp.batch_size} leaves no batch to train on: the "
+                f"training split holds only {len(idx.train)} normal samples. Fix: set data.batch_size to "
+                f"{len(idx.train)} or less, or data.drop_last=false."
+            )
         is_anom_train = anomaly_mask(src.y_train, self.anomaly_classes).long()
         is_anom_test = anomaly_mask(src.y_test, self.anomaly_classes).long()
         device = self._device()  # on a GPU the uint8 data lives there: no host copy per batch
@@ -341,8 +355,8 @@ class OneClassDataModule(LightningDataModule):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _loader(self, data: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        # BatchNorm cannot train on a last batch of one sample: drop it only in that case.
-        drop_last = shuffle and len(data) % batch_size == 1
+        # BatchNorm cannot train on a last batch of one sample: drop it then even without drop_last.
+        drop_last = shuffle and (self.hparams.drop_last or len(data) % batch_size == 1)
         sampler = RandomSampler(data) if shuffle else SequentialSampler(data)
         return DataLoader(
             data,
