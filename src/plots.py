@@ -103,14 +103,16 @@ def scores_by_class(scores: pd.DataFrame, by_class: pd.DataFrame, title: str, pa
 
 
 def history(job_dir: Path) -> pd.DataFrame | None:
-    """Per-step ``train/g_norm`` and ``train/loss`` from the job's CSV logger, if it had one."""
+    """Per-step ``train/g_norm`` and ``train/loss`` (and ``epoch``) from the job's CSV logger, if it had
+    one."""
     path = job_dir / "csv" / "metrics.csv"
     if not path.is_file():
         return None
     steps = pd.read_csv(path)
     if "train/g_norm" not in steps:
         return None
-    return steps.dropna(subset=["train/g_norm"])[["step", "train/g_norm", "train/loss"]]
+    columns = ["step", "train/g_norm", "train/loss"] + (["epoch"] if "epoch" in steps else [])
+    return steps.dropna(subset=["train/g_norm"])[columns]
 
 
 def g_norm_over_steps(sweep_dir: Path, df: pd.DataFrame, path: Path) -> Path | None:

@@ -94,6 +94,7 @@ def _job(sweep: Path, name: str, overrides: list[str], metrics: dict | None, cfg
         (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(choices))
     if metrics is not None:
         (job / "metrics.json").write_text(json.dumps(metrics))
+    return job
 
 
 def _metrics(model: str, n_layers: int, seed: int, auroc: float, loss: float, status="completed"):
@@ -343,3 +344,32 @@ def test_a_per_digit_sweep_on_mnist_sits_beside_the_study(tmp_path: Path, datase
         metrics_file.write_text(json.dumps(metrics))
     build_report(sweep)
     assert "beside the study" not in (sweep / "report.md").read_text()
+
+
+def test_a_clipping_sweep_reports_g_norm_after_the_first_epoch(tmp_path: Path) -> None:
+    sweep = tmp_path / "clip"
+    for clip, spike in (("null", 50.0), ("1.0", 5.0)):
+        for seed in (0, 1):
+            metrics = _metrics("rae", 20, seed, 0.9, 1.0)
+            metrics["trainer"]["gradient_clip_val"] = None if clip == "null" else 1.0
+            metrics["train/g_norm_max"] = 100.0 + seed  # the first step, clipped or not
+            job = _job(sweep, f"{clip}{seed}", [f"trainer.gradient_clip_val={clip}", f"seed={seed}"], metrics)
+            # epoch 0: the first-step peak; epochs 1 and 2: norms 1, 2, 3 and one spike
+            rows = [(0, 0, 100.0 + seed), (0, 1, 9.0)]
+            rows += [(1, 2, 1.0), (1, 3, 2.0), (2, 4, 3.0 + seed), (2, 5, spike + seed)]
+            (job / "csv").mkdir()
+            (job / "csv" / "metrics.csv").write_text(
+                "epoch,step,train/g_norm,train/loss,val/auroc\n"
+                + "".join(f"{e},{s},{g},1.0,\n" for e, s, g in rows)
+                + "2,5,,,0.9\n"  # an epoch-end row without a step value
+            )
+    df, _, _ = build_report(sweep)
+    report = (sweep / "report.md").read_text()
+    overall = report.split("## Max train/g_norm per gradient_clip_val")[1].split("##")[0]
+    assert "| null | 100.500 ± 0.707 (2) |" in overall  # both settings: the first step's value
+    late_max = report.split("## Max train/g_norm from the second epoch on")[1].split("##")[0]
+    assert "| 1 | **5.500 ± 0.707 (2)** |" not in late_max  # one model: nothing to bold
+    assert "| 1 | 5.500 ± 0.707 (2) |" in late_max and "| null | 50.500 ± 0.707 (2) |" in late_max
+    late_median = report.split("## Median train/g_norm from the second epoch on")[1].split("##")[0]
+    assert "| null | 2.750 ± 0.354 (2) |" in late_median  # median of 1, 2, 3 (+seed) and the spike
+    assert df.g_norm_max_late.tolist() == [5.0, 6.0, 50.0, 51.0]
