@@ -157,6 +157,32 @@ def test_an_interrupted_run_saves_a_checkpoint_and_resumes(tmp_path: Path, signu
     assert metrics(tmp_path)["status"] == "completed"
 
 
+@pytest.mark.usefixtures("sigint_reaches_children")
+@pytest.mark.parametrize("model,workers", [("vae", 0), ("rae", 1)])  # the VAE draws noise every step
+def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(tmp_path: Path, model: str, workers: int) -> None:
+    """SIGTERM in the middle of an epoch (step 20; 16 steps an epoch), then the same command again: the
+    resumed run finishes that epoch on the batches the uninterrupted run trained on, not on a new
+    shuffle of all of them, draws the same random numbers after it, and ends bit-identical to it."""
+    args = [*ONE_JOB, f"model={model}", f"data.num_workers={workers}", "logger=csv", "trainer.max_epochs=3",
+            "trainer.deterministic=true"]  # fmt: skip
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    assert cli(*args, f"hydra.run.dir={full}").returncode == 0
+    fault = ["+callbacks.fault._target_=tests.faults.SignalAtStep", "+callbacks.fault.step=20",
+             "+callbacks.fault.signum=15", f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
+    first = cli(*args, f"hydra.run.dir={stopped}", *fault)
+    assert first.returncode == 143
+    ckpt = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (
+        ckpt["global_step"] == 21
+        and ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == 5
+    )
+    resumed = cli(*args, f"hydra.run.dir={stopped}", *fault)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "not resumable" not in resumed.stdout + resumed.stderr  # Lightning's warning
+    keys = ["train/loss", "val/auroc", "test/auroc", "test/auprc", "train/g_norm_max", "global_step"]
+    assert [metrics(stopped)[k] for k in keys] == [metrics(full)[k] for k in keys]
+
+
 def test_wandb_failing_to_start_costs_nothing(tmp_path: Path) -> None:
     unreachable = {"WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40, "WANDB_INIT_TIMEOUT": "2",
                    "WANDB_BASE_URL": "http://127.0.0.1:9"}  # fmt: skip

@@ -1,10 +1,12 @@
 """One LightningDataModule for every source: EMNIST (all splits), MNIST, FashionMNIST, KMNIST, the
 bundled digits and MNIST-5k, and the user's own arrays in an .npz file."""
 
+import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -70,24 +72,36 @@ class TensorBatchSampler(BatchSampler):
     ``device``: where the indices go, that of the data they index. The permutation is drawn on the CPU
     (so the draw is the same everywhere) and moved once an epoch, not once a batch: on a GPU each
     host-to-device copy of a batch's indices would wait for the queued work.
+
+    ``resume_at`` makes the next epoch's batches those a stopped run had left of its epoch: its order
+    drawn again from the generator state saved with the checkpoint (``order_state``), less the batches
+    already trained on.
     """
 
     def __init__(self, sampler, batch_size: int, drop_last: bool, device: torch.device | str = "cpu") -> None:
         super().__init__(sampler, batch_size, drop_last)
         self.device = torch.device(device)
+        self.order_state: torch.Tensor | None = None  # the generator state this epoch's order came from
+        self._resume: tuple[torch.Tensor | None, int] | None = None
+
+    def resume_at(self, order_state: torch.Tensor | None, batches_done: int) -> None:
+        self._resume = (order_state, batches_done)
 
     def __iter__(self):
-        order = self._order()
+        state, skip = self._resume or (None, 0)
+        self._resume = None
+        order = self._order(state)
         if order is None:
-            for batch in super().__iter__():
+            for batch in itertools.islice(super().__iter__(), skip, None):
                 yield torch.as_tensor(batch, device=self.device)
             return
         batches = order.to(self.device).split(self.batch_size)
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches = batches[:-1]
-        yield from batches
+        yield from batches[skip:]
 
-    def _order(self) -> torch.Tensor | None:
+    def _order(self, state: torch.Tensor | None) -> torch.Tensor | None:
+        """This epoch's order, drawn as ``RandomSampler`` draws it, or from generator ``state``."""
         sampler = self.sampler
         if type(sampler) is SequentialSampler:
             return torch.arange(len(sampler.data_source))
@@ -97,8 +111,50 @@ class TensorBatchSampler(BatchSampler):
         generator = sampler.generator
         if generator is None:  # as ``RandomSampler.__iter__`` draws it
             generator = torch.Generator()
-            generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+            if state is None:
+                generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        if state is not None:
+            generator.set_state(state)
+        self.order_state = generator.get_state()
         return torch.randperm(n, generator=generator)
+
+
+class ResumableDataLoader(DataLoader):
+    """A training ``DataLoader`` that a checkpoint saved mid-epoch records and a resume restores, so
+    the resumed run finishes that epoch on the very batches, and with the very random numbers, it
+    would have had it not stopped.
+
+    This is Lightning's interface for stateful loaders (``state_dict`` and ``load_state_dict``; without
+    it Lightning warns that a mid-epoch resume "can cause unreliable results"). ``epoch_position``
+    gives Lightning's own count of the current epoch's batches trained on and of the batches in it.
+    """
+
+    def __init__(self, *args, epoch_position: Callable[[], tuple[int, float]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.epoch_position = epoch_position
+        self._resuming = False
+
+    def state_dict(self) -> dict[str, Any]:
+        done, total = self.epoch_position()
+        if done == 0 or done >= total:  # between epochs: the next one draws its order afresh
+            return {}
+        return {"batches_done": done, "order_state": self.batch_sampler.order_state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            self.batch_sampler.resume_at(state_dict["order_state"], state_dict["batches_done"])
+            self._resuming = True
+
+    def __iter__(self):
+        if not self._resuming:
+            return super().__iter__()
+        self._resuming = False
+        # A DataLoader draws a seed from torch's generator for each new iterator. The stopped run drew
+        # it at the start of the epoch, before the checkpoint's random state was saved: take it back.
+        rng = torch.get_rng_state()
+        iterator = super().__iter__()
+        torch.set_rng_state(rng)
+        return iterator
 
 
 def _as_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,13 +414,32 @@ class OneClassDataModule(LightningDataModule):
         # BatchNorm cannot train on a last batch of one sample: drop it then even without drop_last.
         drop_last = shuffle and (self.hparams.drop_last or len(data) % batch_size == 1)
         sampler = RandomSampler(data) if shuffle else SequentialSampler(data)
-        return DataLoader(
+        workers = self.hparams.num_workers
+        if shuffle:
+            kwargs = {"epoch_position": self._epoch_position}
+        elif workers > 0:
+            # A loader with persistent workers draws its workers' seed from torch's generator once, when
+            # first iterated: for val, at the first validation, which a resumed run reaches after its
+            # restored random state and the run it resumes reached long before. Nothing random happens
+            # in these workers, so that draw comes from a generator of their own.
+            kwargs = {"generator": torch.Generator()}
+        else:
+            kwargs = {}
+        return (ResumableDataLoader if shuffle else DataLoader)(
             data,
             batch_sampler=TensorBatchSampler(sampler, batch_size, drop_last, device=data.x.device),
             collate_fn=_as_batch,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            **kwargs,
         )
+
+    def _epoch_position(self) -> tuple[int, float]:
+        """Batches of the current training epoch trained on, and batches in it, by Lightning's count."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready, trainer.num_training_batches
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.data_train, self.hparams.batch_size, shuffle=True)
