@@ -1,5 +1,7 @@
-"""Building the configured Lightning loggers: W&B that never prompts and never costs a run."""
+"""Building the configured Lightning loggers: W&B that never prompts and never costs a run, and a
+CSV history that a resumed run continues instead of starting over."""
 
+import csv
 import hashlib
 import logging
 import netrc
@@ -11,12 +13,58 @@ from urllib.parse import urlparse
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("train/loss", "val/auroc", "test/auroc", "test/auprc", "train/g_norm_max")
+
+
+class _HistoryKeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that it does not delete a ``metrics.csv`` already in its
+    directory: at its first save it keeps that file's rows for steps before the first step it writes,
+    and replaces the rest. A run resumed from a checkpoint at step N thus keeps the history of steps
+    0 to N-1 that the stopped run wrote, and a fresh run in the same directory (first step 0) starts
+    an empty one, as with Lightning's. Until then, the file stays as it was."""
+
+    def _check_log_dir_exists(self) -> None:  # called by __init__; Lightning's deletes metrics.csv
+        self.earlier: list[dict[str, str]] | None = None
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.earlier = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+    def save(self) -> None:
+        if self.earlier is None or not self.metrics:
+            super().save()
+            return
+        first = min(int(m["step"]) for m in self.metrics)
+        self.metrics = [row for row in self.earlier if int(row["step"]) < first] + self.metrics
+        self.earlier = None
+        self._record_new_keys()
+        tmp = f"{self.metrics_file_path}.tmp"
+        with self._fs.open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(self.metrics)
+        os.replace(tmp, self.metrics_file_path)  # the earlier rows are never on disk only half-written
+        self.metrics = []
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's ``CSVLogger``, except that a run resumed in the same directory continues the stopped
+    run's ``metrics.csv`` (see ``_HistoryKeepingWriter``) instead of deleting it: the history then
+    runs from step 0, as a run that never stopped would have written it."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _HistoryKeepingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 class ResilientWandbLogger(WandbLogger):
@@ -103,7 +151,7 @@ def _start_wandb(lg_cfg: DictConfig, cfg: DictConfig) -> Logger:
             "W&B could not start (%s: %s). Training goes on without it; the logged history goes "
             "to %s and the results to metrics.json.", type(err).__name__, err, csv_dir,
         )  # fmt: skip
-        return CSVLogger(cfg.paths.output_dir, name="csv", version="")
+        return ResumableCSVLogger(cfg.paths.output_dir, name="csv", version="")
 
 
 def instantiate_loggers(cfg: DictConfig) -> list[Logger]:

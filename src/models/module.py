@@ -186,12 +186,16 @@ class AnomalyAutoEncoder(LightningModule):
         self.compiled_batch_size = batch_size
         return nullcontext()
 
+    def on_train_epoch_start(self) -> None:
+        # Not at the epoch's end: a run resumed mid-epoch skips this hook and goes on summing from the
+        # checkpoint's partial sum (``on_load_checkpoint``), so its epoch mean is the whole epoch's.
+        self.epoch_loss_sum.zero_()
+        self.epoch_loss_n = 0
+
     def on_train_epoch_end(self) -> None:
         self.read_back_steps()
         self.log("train/epoch_loss", self.epoch_loss_sum / self.epoch_loss_n, sync_dist=True)
         self.log("train/g_norm_max", self.g_norm_max)
-        self.epoch_loss_sum.zero_()
-        self.epoch_loss_n = 0
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called before Lightning clips, so this is the raw norm that clipping then bounds.
@@ -261,6 +265,12 @@ class AnomalyAutoEncoder(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.read_back_steps()  # no checkpoint is saved past a non-finite step
+        checkpoint["epoch_loss"] = {"sum": self.epoch_loss_sum.detach().cpu(), "n": self.epoch_loss_n}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "epoch_loss" in checkpoint:  # not in checkpoints saved before it was added
+            self.epoch_loss_sum.copy_(checkpoint["epoch_loss"]["sum"])
+            self.epoch_loss_n = checkpoint["epoch_loss"]["n"]
 
     def on_train_end(self) -> None:
         self.read_back_steps()
