@@ -25,24 +25,29 @@ SUMMARY_KEYS = ("train/loss", "val/auroc", "test/auroc", "test/auprc", "train/g_
 
 class _HistoryKeepingWriter(ExperimentWriter):
     """Lightning's CSV writer, except that it does not delete a ``metrics.csv`` already in its
-    directory: at its first save it keeps that file's rows for steps before the first step it writes,
-    and replaces the rest. A run resumed from a checkpoint at step N thus keeps the history of steps
-    0 to N-1 that the stopped run wrote, and a fresh run in the same directory (first step 0) starts
-    an empty one, as with Lightning's. Until then, the file stays as it was."""
+    directory. At its first save it keeps that file's rows for steps before ``start_step`` (the step of
+    the checkpoint this run resumes from; 0 for a fresh run) and replaces the rest; a row this run logs
+    again exactly as the file has it (Lightning re-runs the epoch-end hooks of a checkpoint saved just
+    before them) is written once. Until that save, the file stays as it was."""
+
+    def __init__(self, log_dir: str, start_step: int) -> None:
+        self.start_step = start_step
+        super().__init__(log_dir)
 
     def _check_log_dir_exists(self) -> None:  # called by __init__; Lightning's deletes metrics.csv
         self.earlier: list[dict[str, str]] | None = None
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self.earlier = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+                rows = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+            self.earlier = [row for row in rows if int(row["step"]) < self.start_step]
 
     def save(self) -> None:
         if self.earlier is None or not self.metrics:
             super().save()
             return
-        first = min(int(m["step"]) for m in self.metrics)
-        self.metrics = [row for row in self.earlier if int(row["step"]) < first] + self.metrics
-        self.earlier = None
+        kept = {tuple(sorted(row.items())) for row in self.earlier}
+        new = [m for m in self.metrics if tuple(sorted((k, str(v)) for k, v in m.items())) not in kept]
+        self.metrics, self.earlier = self.earlier + new, None
         self._record_new_keys()
         tmp = f"{self.metrics_file_path}.tmp"
         with self._fs.open(tmp, "w", newline="") as f:
@@ -54,16 +59,28 @@ class _HistoryKeepingWriter(ExperimentWriter):
 
 
 class ResumableCSVLogger(CSVLogger):
-    """Lightning's ``CSVLogger``, except that a run resumed in the same directory continues the stopped
-    run's ``metrics.csv`` (see ``_HistoryKeepingWriter``) instead of deleting it: the history then
-    runs from step 0, as a run that never stopped would have written it."""
+    """Lightning's ``CSVLogger``, except that a run resumed from a checkpoint at step ``start_step``
+    continues the stopped run's ``metrics.csv`` (see ``_HistoryKeepingWriter``) instead of deleting
+    it: the history then runs from step 0, as a run that never stopped would have written it."""
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        name: str | None = "lightning_logs",
+        version: int | str | None = None,
+        prefix: str = "",
+        flush_logs_every_n_steps: int = 100,
+        start_step: int = 0,
+    ) -> None:
+        super().__init__(save_dir, name, version, prefix, flush_logs_every_n_steps)
+        self.start_step = start_step
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _HistoryKeepingWriter(log_dir=self.log_dir)
+            self._experiment = _HistoryKeepingWriter(self.log_dir, self.start_step)
         return self._experiment
 
 
@@ -135,7 +152,7 @@ def wandb_identity(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def _start_wandb(lg_cfg: DictConfig, cfg: DictConfig) -> Logger:
+def _start_wandb(lg_cfg: DictConfig, cfg: DictConfig, start_step: int) -> Logger:
     """A started W&B logger, or, when W&B cannot start, a CSV logger and a warning saying why."""
     if "WANDB_MODE" not in os.environ and not wandb_credentials_found():
         log.warning("No W&B credentials: logging offline; upload later with `wandb sync`.")
@@ -151,15 +168,21 @@ def _start_wandb(lg_cfg: DictConfig, cfg: DictConfig) -> Logger:
             "W&B could not start (%s: %s). Training goes on without it; the logged history goes "
             "to %s and the results to metrics.json.", type(err).__name__, err, csv_dir,
         )  # fmt: skip
-        return ResumableCSVLogger(cfg.paths.output_dir, name="csv", version="")
+        return ResumableCSVLogger(cfg.paths.output_dir, name="csv", version="", start_step=start_step)
 
 
-def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
-    """Build the configured loggers; W&B's fallback CSV logger replaces nothing that is configured."""
+def instantiate_loggers(cfg: DictConfig, start_step: int = 0) -> list[Logger]:
+    """Build the configured loggers; W&B's fallback CSV logger replaces nothing that is configured.
+    ``start_step``: the step of the checkpoint the run resumes from, for ``ResumableCSVLogger``."""
     loggers: list[Logger] = []
     for lg_cfg in (cfg.get("logger") or {}).values():
-        is_wandb = "Wandb" in lg_cfg.get("_target_", "")
-        lg = _start_wandb(lg_cfg, cfg) if is_wandb else hydra.utils.instantiate(lg_cfg)
+        target = lg_cfg.get("_target_", "")
+        if "Wandb" in target:
+            lg = _start_wandb(lg_cfg, cfg, start_step)
+        elif target and issubclass(hydra.utils.get_class(target), ResumableCSVLogger):
+            lg = hydra.utils.instantiate(lg_cfg, start_step=start_step)
+        else:
+            lg = hydra.utils.instantiate(lg_cfg)
         if isinstance(lg, CSVLogger) and any(
             isinstance(other, CSVLogger) and other.log_dir == lg.log_dir for other in loggers
         ):

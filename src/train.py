@@ -81,6 +81,14 @@ def resume_path(cfg: DictConfig) -> str | None:
     return ckpt
 
 
+def checkpoint_step(ckpt_path: str | None) -> int:
+    """The training step of the checkpoint a run resumes from; 0 for a fresh run (or a checkpoint that
+    Lightning resolves itself, such as ``hpc``)."""
+    if ckpt_path is None or not Path(ckpt_path).is_file():
+        return 0
+    return torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+
+
 def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     fit_metrics = dict(trainer.callback_metrics)
@@ -140,7 +148,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if not cfg.trainer.get("enable_model_summary", True):  # turns off the summary callback too
         callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
     trainer = instantiate_trainer(cfg, callbacks)
-    trainer.loggers = instantiate_loggers(cfg)  # after the Trainer: a rejected setting starts no W&B run
+    # after the Trainer: a rejected setting starts no W&B run
+    trainer.loggers = instantiate_loggers(cfg, start_step=checkpoint_step(ckpt_path))
     for lg in trainer.loggers:
         lg.log_hyperparams(flat_config(cfg, datamodule.input_dim))
 

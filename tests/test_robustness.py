@@ -108,8 +108,12 @@ def test_the_split_follows_data_seed_not_the_training_seed() -> None:
     assert not torch.equal(a, val(seed=1))
 
 
-def test_a_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
-    args = [*ONE_JOB, "logger=csv", "trainer.max_epochs=3"]
+# val_check_interval=0.5: the checkpoint is saved at the epoch's last validation, before its epoch-end
+# hooks, which the resumed run then runs (and logs) again
+@pytest.mark.parametrize("val_check_interval", [1.0, 0.5])
+def test_a_killed_run_resumes_to_the_same_result(tmp_path: Path, val_check_interval: float) -> None:
+    every = f"+trainer.val_check_interval={val_check_interval}"
+    args = [*ONE_JOB, "logger=csv", "trainer.max_epochs=3", every]
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert cli(*args, f"hydra.run.dir={full}").returncode == 0
     fault = ["+callbacks.fault._target_=tests.faults.KillOnce", "+callbacks.fault.step=40",
@@ -310,9 +314,9 @@ def test_wandb_failing_mid_run_costs_nothing(make_cfg, monkeypatch, caplog) -> N
     assert "W&B failed to log metrics (ConnectionError: network is unreachable)" in caplog.text
 
 
-def test_the_csv_history_keeps_earlier_steps_only_below_the_first_new_one(tmp_path: Path) -> None:
-    def run(steps: range, value: float) -> ResumableCSVLogger:
-        logger = ResumableCSVLogger(tmp_path, name="csv", version="")
+def test_the_csv_history_keeps_the_earlier_steps_before_the_resumed_one(tmp_path: Path) -> None:
+    def run(steps: range, value: float, start_step: int = 0) -> ResumableCSVLogger:
+        logger = ResumableCSVLogger(tmp_path, name="csv", version="", start_step=start_step)
         for step in steps:
             logger.log_metrics({"train/loss": value}, step=step)
         return logger
@@ -320,9 +324,15 @@ def test_the_csv_history_keeps_earlier_steps_only_below_the_first_new_one(tmp_pa
     def steps() -> list[tuple[int, float]]:
         return [(int(r["step"]), float(r["train/loss"])) for r in history(tmp_path) if "train/loss" in r]
 
-    run(range(10), 1.0).save()
-    run(range(6, 8), 2.0).save()  # resumed from a checkpoint at step 6: steps 6-9 of the first run go
+    first = run(range(10), 1.0)
+    first.log_metrics({"train/epoch_loss": 1.5}, step=5)
+    first.save()
+    resumed = run(range(6, 8), 2.0, start_step=6)  # from a checkpoint at step 6: steps 6-9 are replaced
+    resumed.log_metrics({"train/epoch_loss": 1.5}, step=5)  # an epoch-end row logged again: kept once
+    resumed.save()
     assert steps() == [(s, 1.0) for s in range(6)] + [(6, 2.0), (7, 2.0)]
+    epoch_rows = [r for r in history(tmp_path) if "train/epoch_loss" in r]
+    assert epoch_rows == [{"step": "5", "train/epoch_loss": "1.5"}]
     before = (tmp_path / "csv" / "metrics.csv").read_bytes()
     run(range(3), 3.0)  # a run that stops before its first save leaves the file as it was
     assert (tmp_path / "csv" / "metrics.csv").read_bytes() == before

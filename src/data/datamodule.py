@@ -146,15 +146,19 @@ class ResumableDataLoader(DataLoader):
             self._resuming = True
 
     def __iter__(self):
-        if not self._resuming:
-            return super().__iter__()
-        self._resuming = False
-        # A DataLoader draws a seed from torch's generator for each new iterator. The stopped run drew
-        # it at the start of the epoch, before the checkpoint's random state was saved: take it back.
+        return self._batches()
+
+    def _batches(self):
+        # A generator, so the DataLoader's iterator is made when the first batch is asked for, not when
+        # Lightning calls ``iter``: making one draws a seed from torch's generator, and Lightning makes
+        # one it never uses when it resumes from a checkpoint saved between validation and the epoch's
+        # end (``val_check_interval`` < 1).
+        resuming, self._resuming = self._resuming, False
         rng = torch.get_rng_state()
         iterator = super().__iter__()
-        torch.set_rng_state(rng)
-        return iterator
+        if resuming:  # the stopped run drew that seed at the start of the epoch, before its checkpoint
+            torch.set_rng_state(rng)
+        yield from iterator
 
 
 def _as_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
