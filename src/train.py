@@ -86,7 +86,14 @@ def checkpoint_step(ckpt_path: str | None) -> int:
     Lightning resolves itself, such as ``hpc``)."""
     if ckpt_path is None or not Path(ckpt_path).is_file():
         return 0
-    return torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+    try:
+        return torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+    except Exception as err:  # cut short by a kill during its write, or not a Lightning checkpoint
+        raise ConfigError(
+            f"Cannot resume from {ckpt_path}: it is not a readable Lightning checkpoint "
+            f"({type(err).__name__}: {err}). Nothing was run. Pass ckpt_path=<an earlier checkpoint> (the "
+            "run's checkpoints/ folder keeps the best one too), or move the file away to start over."
+        ) from err
 
 
 def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str, Any]:

@@ -138,6 +138,18 @@ def test_a_missing_checkpoint_is_a_clear_error(tmp_path: Path, ckpt: str, messag
     assert not (tmp_path / "metrics.json").exists()  # a bad setting, not a failed run
 
 
+def test_a_damaged_last_checkpoint_stops_the_resume_in_one_paragraph(tmp_path: Path) -> None:
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(b"PK\x03\x04 cut short by a kill")
+    proc = cli(*ONE_JOB, "logger=csv", f"hydra.run.dir={tmp_path}")  # resume=true finds it
+    assert proc.returncode == 2
+    output = proc.stdout + proc.stderr
+    assert f"Cannot resume from {last}" in output and "Traceback" not in output
+    assert last.read_bytes() == b"PK\x03\x04 cut short by a kill"  # left for the user to look at
+    assert not (tmp_path / "metrics.json").exists()
+
+
 @pytest.fixture
 def sigint_reaches_children():
     """A shell starts a background job (``make test &``) with SIGINT ignored, its children inherit that,
