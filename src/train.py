@@ -14,6 +14,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -97,7 +98,13 @@ def checkpoint_step(ckpt_path: str | None) -> int:
 
 
 def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str, Any]:
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    except SystemExit as err:
+        # Lightning exits with status 1 after Ctrl-C; a shell expects 130. (SIGTERM: see ``main``.)
+        if trainer.interrupted and not isinstance(err, SIGTERMException):
+            raise SystemExit(128 + signal.SIGINT) from None
+        raise
     fit_metrics = dict(trainer.callback_metrics)
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None else ""
@@ -120,6 +127,22 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
         "global_step": trainer.global_step,
         "best_checkpoint": best or None,
     }
+
+
+def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The callbacks of ``cfg.callbacks``; one whose class rejects its settings is a ``ConfigError``."""
+    callbacks = []
+    for name, c in (cfg.get("callbacks") or {}).items():
+        try:
+            callbacks.append(hydra.utils.instantiate(c))
+        except InstantiationException as err:
+            cause = err.__cause__ or err
+            raise ConfigError(
+                f"Invalid settings for callbacks.{name}, nothing was run: {type(cause).__name__}: "
+                f"{str(cause).rstrip('.')}. "
+                f"Fix the callbacks.{name}.* override; `python -m src.train --cfg job` prints them all."
+            ) from err
+    return callbacks
 
 
 def instantiate_trainer(cfg: DictConfig, callbacks: list, **kwargs: Any) -> L.Trainer:
@@ -149,7 +172,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule.check_available()
     ckpt_path = resume_path(cfg)
     model = hydra.utils.instantiate(cfg.model, input_dim=datamodule.input_dim)
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = instantiate_callbacks(cfg)
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning rejects a bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if not cfg.trainer.get("enable_model_summary", True):  # turns off the summary callback too

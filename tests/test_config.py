@@ -8,6 +8,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from src.config import ConfigError, check_config
+from src.train import instantiate_callbacks
 from tests.conftest import REPO, compose_train
 
 BAD_VALUES = [
@@ -156,3 +157,13 @@ def test_help_shows_examples_groups_and_the_config(app: str) -> None:
     groups = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     assert "schema" not in groups  # the structured schemas are not offered as choices
     assert "ckpt_path:" in proc.stdout  # the composed config
+
+
+def test_a_callback_rejecting_its_settings_is_a_config_error_naming_it(make_cfg) -> None:
+    cfg = make_cfg(
+        "callbacks.last_checkpoint.every_n_train_steps=20", "+callbacks.last_checkpoint.every_n_epochs=1"
+    )
+    with pytest.raises(
+        ConfigError, match=r"^Invalid settings for callbacks\.last_checkpoint, nothing was run: "
+    ):
+        instantiate_callbacks(cfg)

@@ -161,52 +161,64 @@ def sigint_reaches_children():
     signal.signal(signal.SIGINT, previous)
 
 
-@pytest.mark.usefixtures("sigint_reaches_children")
-@pytest.mark.parametrize("signum", [2])  # SIGINT (Ctrl-C); SIGTERM: test_a_run_stopped_mid_epoch_...
-def test_an_interrupted_run_saves_a_checkpoint_and_resumes(tmp_path: Path, signum: int) -> None:
-    args = [*ONE_JOB, "logger=csv", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}",
-            "+callbacks.fault._target_=tests.faults.SignalAtStep", "+callbacks.fault.step=20",
-            f"+callbacks.fault.signum={signum}",
-            f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
-    first = cli(*args)
-    assert first.returncode != 0 and not (tmp_path / "metrics.json").exists()
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["global_step"] >= 20
-    # step values the CSV logger still buffered (the last flush was at the end of epoch 0, step 15)
-    # reach the file when the run stops: every step the checkpoint holds is logged
-    with open(tmp_path / "csv" / "metrics.csv") as f:
-        steps = [int(row["step"]) for row in csv.DictReader(f) if row["train/g_norm"]]
-    assert steps == list(range(ckpt["global_step"]))
-    resumed = cli(*args)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert metrics(tmp_path)["status"] == "completed"
+SIGNAL_AT_20 = ["+callbacks.fault._target_=tests.faults.SignalAtStep", "+callbacks.fault.step=20"]
+KILL_AT_23 = ["+callbacks.fault._target_=tests.faults.KillOnce", "+callbacks.fault.step=23"]
+EVERY_20 = ["callbacks.last_checkpoint.every_n_train_steps=20"]  # a last.ckpt every 20 steps
 
 
 @pytest.mark.usefixtures("sigint_reaches_children")
-@pytest.mark.parametrize("model,workers", [("vae", 0), ("rae", 1)])  # the VAE draws noise every step
-def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(tmp_path: Path, model: str, workers: int) -> None:
-    """SIGTERM in the middle of an epoch (step 20; 16 steps an epoch), then the same command again: the
-    resumed run finishes that epoch on the batches the uninterrupted run trained on, not on a new
-    shuffle of all of them, draws the same random numbers after it, and ends bit-identical to it."""
+@pytest.mark.parametrize(
+    "model,workers,settings,fault,exit_code,ckpt_step",
+    [
+        ("vae", 0, [], [*SIGNAL_AT_20, "+callbacks.fault.signum=15"], 143, 21),  # SIGTERM (preemption)
+        ("rae", 1, EVERY_20, KILL_AT_23, -9, 20),  # killed at 23, resumed from step 20
+    ],
+)
+def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
+    tmp_path: Path, model: str, workers: int, settings: list, fault: list, exit_code: int, ckpt_step: int
+) -> None:
+    """Stopped in the middle of an epoch (16 steps an epoch), then the same command again: the resumed
+    run finishes that epoch on the batches the uninterrupted run trained on, not on a new shuffle of all
+    of them, draws the same random numbers after it (the VAE draws noise every step), and ends
+    bit-identical to it, history included: the loggers wrote out the steps before the checkpoint."""
     args = [*ONE_JOB, f"model={model}", f"data.num_workers={workers}", "logger=csv", "trainer.max_epochs=3",
-            "trainer.deterministic=true"]  # fmt: skip
+            "trainer.deterministic=true", *settings]  # fmt: skip
     full, stopped = tmp_path / "full", tmp_path / "stopped"
     assert cli(*args, f"hydra.run.dir={full}").returncode == 0
-    fault = ["+callbacks.fault._target_=tests.faults.SignalAtStep", "+callbacks.fault.step=20",
-             "+callbacks.fault.signum=15", f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
+    fault = [*fault, f"+callbacks.fault.marker={tmp_path / 'marker'}"]
     first = cli(*args, f"hydra.run.dir={stopped}", *fault)
-    assert first.returncode == 143
+    assert first.returncode == exit_code
     ckpt = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)
-    assert (
-        ckpt["global_step"] == 21
-        and ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == 5
-    )
+    assert ckpt["global_step"] == ckpt_step
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == ckpt_step - 16
     resumed = cli(*args, f"hydra.run.dir={stopped}", *fault)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "not resumable" not in resumed.stdout + resumed.stderr  # Lightning's warning
     keys = ["train/loss", "val/auroc", "test/auroc", "test/auprc", "train/g_norm_max", "global_step"]
     assert [metrics(stopped)[k] for k in keys] == [metrics(full)[k] for k in keys]
     assert history(stopped) == history(full)
+
+
+@pytest.mark.usefixtures("sigint_reaches_children")
+def test_a_run_stopped_by_ctrl_c_exits_130_and_resumes_to_the_same_numbers(tmp_path: Path) -> None:
+    """Ctrl-C lands inside step 20, before its update: the checkpoint holds 20 steps, 4 of epoch 1. (The
+    epoch-level rows logged after the resume come one step later than in an uninterrupted run: Lightning
+    counts the interrupted step once more when it restarts.)"""
+    args = [*ONE_JOB, "model=vae", "logger=csv", "trainer.max_epochs=3", "trainer.deterministic=true"]
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    assert cli(*args, f"hydra.run.dir={full}").returncode == 0
+    fault = [*SIGNAL_AT_20, "+callbacks.fault.signum=2", f"+callbacks.fault.marker={tmp_path / 'marker'}"]
+    first = cli(*args, f"hydra.run.dir={stopped}", *fault)
+    assert first.returncode == 130 and not (stopped / "metrics.json").exists()
+    ckpt = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 20
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == 4
+    resumed = cli(*args, f"hydra.run.dir={stopped}", *fault)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    keys = ["train/loss", "val/auroc", "test/auroc", "test/auprc", "train/g_norm_max", "global_step"]
+    assert [metrics(stopped)[k] for k in keys] == [metrics(full)[k] for k in keys]
+    per_step = lambda run: [r for r in history(run) if "train/g_norm" in r]  # noqa: E731
+    assert per_step(stopped) == per_step(full)
 
 
 def test_wandb_failing_to_start_costs_nothing(tmp_path: Path) -> None:
@@ -353,3 +365,15 @@ def test_the_csv_history_keeps_the_earlier_steps_before_the_resumed_one(tmp_path
     fresh.log_metrics({"val/auroc": 0.5}, step=2)  # a new column later on still gets its header
     fresh.save()
     assert steps() == [(0, 4.0), (1, 4.0)] and history(tmp_path)[-1] == {"step": "2", "val/auroc": "0.5"}
+
+
+def test_last_ckpt_holds_the_final_weights_not_the_best(make_cfg) -> None:
+    """Lightning 2.6 writes ``last.ckpt`` only when a best-``val/auroc`` checkpoint is written at the same
+    step: a job resumed (or trained on with ``ckpt_path=last``) would go back to its best epoch. Here
+    "best" is the lowest ``val/auroc``, so the best checkpoint is an early one."""
+    cfg = make_cfg("logger=csv", "trainer.max_epochs=3", "callbacks.model_checkpoint.mode=min")
+    record, _ = train(cfg)
+    best = torch.load(record["best_checkpoint"], weights_only=False)
+    last = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert best["global_step"] < last["global_step"] == record["global_step"] == 48
+    assert [p.name for p in (Path(cfg.paths.output_dir) / "checkpoints").iterdir()].count("last.ckpt") == 1

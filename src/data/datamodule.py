@@ -443,7 +443,9 @@ class OneClassDataModule(LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return 0, 0
-        return trainer.fit_loop.epoch_loop.batch_progress.current.ready, trainer.num_training_batches
+        # ``processed``: batches whose step is done, which is where Lightning resumes (``ready`` also
+        # counts a batch that Ctrl-C interrupted before its step)
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed, trainer.num_training_batches
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.data_train, self.hparams.batch_size, shuffle=True)

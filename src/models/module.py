@@ -265,6 +265,10 @@ class AnomalyAutoEncoder(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.read_back_steps()  # no checkpoint is saved past a non-finite step
+        # The loggers write out what they hold, so the history on disk reaches the checkpoint's step even
+        # if the process is then killed: a resume logs from there on, it cannot log the steps before.
+        for logger in self.trainer.loggers:
+            logger.save()
         checkpoint["epoch_loss"] = {"sum": self.epoch_loss_sum.detach().cpu(), "n": self.epoch_loss_n}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
