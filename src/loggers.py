@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 SUMMARY_KEYS = ("train/loss", "val/auroc", "test/auroc", "test/auprc", "train/g_norm_max")
 
 
+def _whole(row: dict[str, str | None]) -> bool:
+    """False for a line cut short by a kill during a write: it lacks fields (``None``) or a step."""
+    return None not in row.values() and (row.get("step") or "").isdigit()
+
+
 class _HistoryKeepingWriter(ExperimentWriter):
     """Lightning's CSV writer, except that it does not delete a ``metrics.csv`` already in its
     directory. At its first save it keeps that file's rows for steps before ``start_step`` (the step of
@@ -39,7 +44,7 @@ class _HistoryKeepingWriter(ExperimentWriter):
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
                 rows = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-            self.earlier = [row for row in rows if int(row["step"]) < self.start_step]
+            self.earlier = [row for row in rows if _whole(row) and int(row["step"]) < self.start_step]
 
     def save(self) -> None:
         if self.earlier is None or not self.metrics:

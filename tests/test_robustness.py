@@ -351,10 +351,13 @@ def test_the_csv_history_keeps_the_earlier_steps_before_the_resumed_one(tmp_path
     first = run(range(10), 1.0)
     first.log_metrics({"train/epoch_loss": 1.5}, step=5)
     first.save()
+    with open(tmp_path / "csv" / "metrics.csv", "a") as f:
+        f.write("1")  # the row of step 10 cut short by a kill: the resume must not read it as step 1
     resumed = run(range(6, 8), 2.0, start_step=6)  # from a checkpoint at step 6: steps 6-9 are replaced
     resumed.log_metrics({"train/epoch_loss": 1.5}, step=5)  # an epoch-end row logged again: kept once
     resumed.save()
     assert steps() == [(s, 1.0) for s in range(6)] + [(6, 2.0), (7, 2.0)]
+    assert all(len(row) > 1 for row in history(tmp_path))  # no row from the cut line
     epoch_rows = [r for r in history(tmp_path) if "train/epoch_loss" in r]
     assert epoch_rows == [{"step": "5", "train/epoch_loss": "1.5"}]
     before = (tmp_path / "csv" / "metrics.csv").read_bytes()
