@@ -110,7 +110,7 @@ def test_the_split_follows_data_seed_not_the_training_seed() -> None:
 
 # val_check_interval=0.5: the checkpoint is saved at the epoch's last validation, before its epoch-end
 # hooks, which the resumed run then runs (and logs) again
-@pytest.mark.parametrize("val_check_interval", [1.0, 0.5])
+@pytest.mark.parametrize("val_check_interval", [1.0, pytest.param(0.5, marks=pytest.mark.slow)])
 def test_a_killed_run_resumes_to_the_same_result(tmp_path: Path, val_check_interval: float) -> None:
     every = f"+trainer.val_check_interval={val_check_interval}"
     args = [*ONE_JOB, "logger=csv", "trainer.max_epochs=3", every]
