@@ -1,8 +1,12 @@
-"""Lightning callbacks that make runs resumable exactly and interruptible safely."""
+"""Lightning callbacks, and a Ctrl-C handler, that make runs resumable exactly and interruptible safely."""
 
 import logging
+import os
 import random
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -53,3 +57,39 @@ class CheckpointOnInterrupt(Callback):
         log.warning(
             "Interrupted at step %d: saved %s; resume with ckpt_path=last.", trainer.global_step, path
         )
+
+
+class StopAfterStepOnCtrlC:
+    """A context for ``trainer.fit`` in which the first Ctrl-C stops the run as SIGTERM does: after the
+    step under way, so ``CheckpointOnInterrupt`` saves whole steps and a resume continues exactly where
+    an uninterrupted run would be (Lightning checks for SIGTERM after each step, on every rank). A
+    second Ctrl-C stops at once, inside a step, by Lightning's own ``KeyboardInterrupt`` handling.
+    ``pressed`` tells which of the two signals stopped the run.
+
+    It changes nothing where Ctrl-C would not raise ``KeyboardInterrupt``: a background job that
+    ignores SIGINT, a handler someone else set, a thread other than the main one.
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._pid: int | None = None
+
+    def __enter__(self) -> "StopAfterStepOnCtrlC":
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._pid = os.getpid()
+            signal.signal(signal.SIGINT, self._stop_after_step)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pid is not None:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._pid = None
+
+    def _stop_after_step(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:  # a DataLoader worker forked with this handler: its parent stops
+            return
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C stops at once
+        self.pressed = True
+        log.warning("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again: at once).")
+        signal.raise_signal(signal.SIGTERM)

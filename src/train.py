@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from src.callbacks import StopAfterStepOnCtrlC
 from src.config import ConfigError, check_config, register_configs
 from src.cuda_check import skip_unloadable_nvml_check
 from src.data.datamodule import NoTrainingBatchError
@@ -98,13 +99,16 @@ def checkpoint_step(ckpt_path: str | None) -> int:
 
 
 def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str, Any]:
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
-    except SystemExit as err:
-        # Lightning exits with status 1 after Ctrl-C; a shell expects 130. (SIGTERM: see ``main``.)
-        if trainer.interrupted and not isinstance(err, SIGTERMException):
-            raise SystemExit(128 + signal.SIGINT) from None
-        raise
+    with StopAfterStepOnCtrlC() as ctrl_c:
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+        except SystemExit as err:
+            # A first Ctrl-C stops as SIGTERM does, a second one by KeyboardInterrupt, after which
+            # Lightning exits with status 1. A shell expects 130 for either. (SIGTERM: see ``main``.)
+            if ctrl_c.pressed or (trainer.interrupted and not isinstance(err, SIGTERMException)):
+                log.error("Stopped by Ctrl-C; checkpoints/last.ckpt holds the progress. Re-run to resume.")
+                raise SystemExit(128 + signal.SIGINT) from None
+            raise
     fit_metrics = dict(trainer.callback_metrics)
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None else ""

@@ -56,15 +56,21 @@ class KillOnce(Callback):
 
 
 class SignalAtStep(Callback):
-    """Send this process ``signum`` (e.g. 15 = SIGTERM, 2 = SIGINT) at ``step``, once."""
+    """Send ``signum`` (e.g. 15 = SIGTERM, 2 = SIGINT) at ``step``, ``times`` times in a row, in the
+    first run only (a marker file remembers): to this process, or with ``group`` to its whole process
+    group, DataLoader workers included, as a terminal's Ctrl-C does."""
 
-    def __init__(self, step: int, signum: int, marker: str) -> None:
-        self.step, self.signum, self.marker = step, signum, marker
+    def __init__(self, step: int, signum: int, marker: str, times: int = 1, group: bool = False) -> None:
+        self.step, self.signum, self.marker, self.times, self.group = step, signum, marker, times, group
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step and not os.path.exists(self.marker):
             open(self.marker, "w").close()
-            os.kill(os.getpid(), self.signum)
+            for _ in range(self.times):
+                if self.group:
+                    os.killpg(os.getpgid(0), self.signum)
+                else:
+                    os.kill(os.getpid(), self.signum)
 
 
 class FaultsByJob(Callback):

@@ -10,6 +10,7 @@ import pytest
 import torch
 import wandb
 
+from src.callbacks import StopAfterStepOnCtrlC
 from src.data.datamodule import OneClassDataModule
 from src.data.sources import CorruptDataError
 from src.loggers import ResumableCSVLogger
@@ -22,10 +23,12 @@ from tests.idx import write_fake_emnist
 ONE_JOB = ["data=digits", "trainer=cpu", "trainer.enable_progress_bar=false"]
 
 
-def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def cli(*args: str, env: dict | None = None, timeout: int = 300, new_session: bool = False):
+    """Run ``python -m src.train`` with ``args``; ``new_session``: in a process group of its own."""
     env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO)} | (env or {})
     return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+                          capture_output=True, text=True, timeout=timeout,
+                          start_new_session=new_session)  # fmt: skip
 
 
 def metrics(run_dir: Path) -> dict:
@@ -36,6 +39,26 @@ def history(run_dir: Path) -> list[dict]:
     """The rows of a run's ``csv/metrics.csv``, each without its empty cells (as strings)."""
     with open(run_dir / "csv" / "metrics.csv") as f:
         return [{k: v for k, v in row.items() if v} for row in csv.DictReader(f)]
+
+
+# One uninterrupted run of digits, 3 epochs of 16 steps: what the stopped and resumed runs must equal
+RESUMABLE = [*ONE_JOB, "model=vae", "logger=csv", "trainer.max_epochs=3", "trainer.deterministic=true"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The output directory of an uninterrupted run of the given arguments, run once per module."""
+    runs: dict[tuple[str, ...], Path] = {}
+
+    def run(*args: str) -> Path:
+        if args not in runs:
+            run_dir = tmp_path_factory.mktemp("uninterrupted")
+            proc = cli(*args, f"hydra.run.dir={run_dir}")
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            runs[args] = run_dir
+        return runs[args]
+
+    return run
 
 
 def test_a_diverging_run_stops_cleanly_and_keeps_its_checkpoint(tmp_path: Path) -> None:
@@ -111,11 +134,11 @@ def test_the_split_follows_data_seed_not_the_training_seed() -> None:
 # val_check_interval=0.5: the checkpoint is saved at the epoch's last validation, before its epoch-end
 # hooks, which the resumed run then runs (and logs) again
 @pytest.mark.parametrize("val_check_interval", [1.0, pytest.param(0.5, marks=pytest.mark.slow)])
-def test_a_killed_run_resumes_to_the_same_result(tmp_path: Path, val_check_interval: float) -> None:
-    every = f"+trainer.val_check_interval={val_check_interval}"
-    args = [*ONE_JOB, "logger=csv", "trainer.max_epochs=3", every]
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    assert cli(*args, f"hydra.run.dir={full}").returncode == 0
+def test_a_killed_run_resumes_to_the_same_result(
+    tmp_path: Path, uninterrupted, val_check_interval: float
+) -> None:
+    args = RESUMABLE if val_check_interval == 1.0 else [*RESUMABLE, "+trainer.val_check_interval=0.5"]
+    full, killed = uninterrupted(*args), tmp_path / "killed"
     fault = ["+callbacks.fault._target_=tests.faults.KillOnce", "+callbacks.fault.step=40",
              f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
     first = cli(*args, f"hydra.run.dir={killed}", *fault)
@@ -164,30 +187,39 @@ def sigint_reaches_children():
 SIGNAL_AT_20 = ["+callbacks.fault._target_=tests.faults.SignalAtStep", "+callbacks.fault.step=20"]
 KILL_AT_23 = ["+callbacks.fault._target_=tests.faults.KillOnce", "+callbacks.fault.step=23"]
 EVERY_20 = ["callbacks.last_checkpoint.every_n_train_steps=20"]  # a last.ckpt every 20 steps
+RAE_WITH_A_WORKER = ["model=rae", "data.num_workers=1", *EVERY_20]
 
 
 @pytest.mark.usefixtures("sigint_reaches_children")
 @pytest.mark.parametrize(
-    "model,workers,settings,fault,exit_code,ckpt_step",
+    "settings,fault,exit_code,ckpt_step",
     [
-        ("vae", 0, [], [*SIGNAL_AT_20, "+callbacks.fault.signum=15"], 143, 21),  # SIGTERM (preemption)
-        ("rae", 1, EVERY_20, KILL_AT_23, -9, 20),  # killed at 23, resumed from step 20
+        ([], [*SIGNAL_AT_20, "+callbacks.fault.signum=15"], 143, 21),  # SIGTERM (preemption)
+        # Ctrl-C in a terminal (SIGINT to the process group, loader worker included): stops as SIGTERM does
+        (
+            RAE_WITH_A_WORKER,
+            [*SIGNAL_AT_20, "+callbacks.fault.signum=2", "+callbacks.fault.group=true"],
+            130,
+            21,
+        ),
+        (RAE_WITH_A_WORKER, KILL_AT_23, -9, 20),  # killed at 23, resumed from step 20
     ],
+    ids=["sigterm", "ctrl-c", "sigkill"],
 )
 def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
-    tmp_path: Path, model: str, workers: int, settings: list, fault: list, exit_code: int, ckpt_step: int
+    tmp_path: Path, uninterrupted, settings: list, fault: list, exit_code: int, ckpt_step: int
 ) -> None:
     """Stopped in the middle of an epoch (16 steps an epoch), then the same command again: the resumed
     run finishes that epoch on the batches the uninterrupted run trained on, not on a new shuffle of all
     of them, draws the same random numbers after it (the VAE draws noise every step), and ends
-    bit-identical to it, history included: the loggers wrote out the steps before the checkpoint."""
-    args = [*ONE_JOB, f"model={model}", f"data.num_workers={workers}", "logger=csv", "trainer.max_epochs=3",
-            "trainer.deterministic=true", *settings]  # fmt: skip
-    full, stopped = tmp_path / "full", tmp_path / "stopped"
-    assert cli(*args, f"hydra.run.dir={full}").returncode == 0
+    bit-identical to it, history included: the loggers wrote out the steps before the checkpoint. The
+    signals arrive as step 20 starts; the run stops after it."""
+    args = [*RESUMABLE, *settings]
+    full, stopped = uninterrupted(*args), tmp_path / "stopped"
     fault = [*fault, f"+callbacks.fault.marker={tmp_path / 'marker'}"]
-    first = cli(*args, f"hydra.run.dir={stopped}", *fault)
-    assert first.returncode == exit_code
+    first = cli(*args, f"hydra.run.dir={stopped}", *fault, new_session=True)
+    assert first.returncode == exit_code and not (stopped / "metrics.json").exists()
+    assert "Traceback" not in first.stdout + first.stderr
     ckpt = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == ckpt_step
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == ckpt_step - 16
@@ -200,25 +232,49 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
 
 
 @pytest.mark.usefixtures("sigint_reaches_children")
-def test_a_run_stopped_by_ctrl_c_exits_130_and_resumes_to_the_same_numbers(tmp_path: Path) -> None:
-    """Ctrl-C lands inside step 20, before its update: the checkpoint holds 20 steps, 4 of epoch 1. (The
-    epoch-level rows logged after the resume come one step later than in an uninterrupted run: Lightning
-    counts the interrupted step once more when it restarts.)"""
-    args = [*ONE_JOB, "model=vae", "logger=csv", "trainer.max_epochs=3", "trainer.deterministic=true"]
-    full, stopped = tmp_path / "full", tmp_path / "stopped"
-    assert cli(*args, f"hydra.run.dir={full}").returncode == 0
-    fault = [*SIGNAL_AT_20, "+callbacks.fault.signum=2", f"+callbacks.fault.marker={tmp_path / 'marker'}"]
-    first = cli(*args, f"hydra.run.dir={stopped}", *fault)
+def test_a_second_ctrl_c_stops_at_once_and_still_resumes_to_the_same_numbers(
+    tmp_path: Path, uninterrupted
+) -> None:
+    """Two Ctrl-C as step 20 starts: the second stops the run inside that step, before its update, so
+    the checkpoint holds 20 steps, 4 of epoch 1. (The epoch-level rows logged after the resume come one
+    step later than in an uninterrupted run: Lightning counts the interrupted step once more when it
+    restarts. Only the per-step rows are the same.)"""
+    full, stopped = uninterrupted(*RESUMABLE), tmp_path / "stopped"
+    fault = [*SIGNAL_AT_20, "+callbacks.fault.signum=2", "+callbacks.fault.times=2",
+             f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
+    first = cli(*RESUMABLE, f"hydra.run.dir={stopped}", *fault)
     assert first.returncode == 130 and not (stopped / "metrics.json").exists()
+    assert "Stopped by Ctrl-C" in first.stdout + first.stderr
     ckpt = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 20
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == 4
-    resumed = cli(*args, f"hydra.run.dir={stopped}", *fault)
+    resumed = cli(*RESUMABLE, f"hydra.run.dir={stopped}", *fault)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     keys = ["train/loss", "val/auroc", "test/auroc", "test/auprc", "train/g_norm_max", "global_step"]
     assert [metrics(stopped)[k] for k in keys] == [metrics(full)[k] for k in keys]
     per_step = lambda run: [r for r in history(run) if "train/g_norm" in r]  # noqa: E731
     assert per_step(stopped) == per_step(full)
+
+
+def test_the_first_ctrl_c_asks_for_a_stop_the_second_interrupts(monkeypatch) -> None:
+    """In process: the first SIGINT becomes the SIGTERM Lightning stops on after a step, the second is
+    ``KeyboardInterrupt``; an ignored SIGINT (a background job) stays ignored; the default comes back."""
+    terms = []
+    monkeypatch.setattr(signal, "raise_signal", terms.append)  # a real SIGTERM here would end pytest
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopAfterStepOnCtrlC() as ctrl_c:
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and not ctrl_c.pressed and not terms
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with StopAfterStepOnCtrlC() as ctrl_c:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert ctrl_c.pressed and terms == [signal.SIGTERM]
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and terms == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_wandb_failing_to_start_costs_nothing(tmp_path: Path) -> None:
