@@ -219,7 +219,8 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
     fault = [*fault, f"+callbacks.fault.marker={tmp_path / 'marker'}"]
     first = cli(*args, f"hydra.run.dir={stopped}", *fault, new_session=True)
     assert first.returncode == exit_code and not (stopped / "metrics.json").exists()
-    assert "Traceback" not in first.stdout + first.stderr
+    if exit_code > 0:  # a stop, not a kill: the loader worker must not fail with its parent's stop
+        assert "Traceback" not in first.stdout + first.stderr
     ckpt = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == ckpt_step
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == ckpt_step - 16
