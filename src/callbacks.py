@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -40,9 +41,22 @@ class RNGState(Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
+def at_epoch_end(trainer: Trainer) -> bool:
+    """Whether fitting is between the end of an epoch's last training step and the start of the next
+    epoch, or inside a validation. Lightning resumes a checkpoint saved there as if that epoch had ended:
+    without its validation (so without its ``val/auroc``, and without it in the choice of the best
+    checkpoint) and without its epoch-end and the next epoch's start hooks."""
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    return trainer.validating or trainer.sanity_checking or done >= trainer.num_training_batches
+
+
 class CheckpointOnInterrupt(Callback):
     """On Ctrl-C (SIGINT) or SIGTERM (a cluster's preemption), save ``<dirpath>/last.ckpt`` before
-    the process exits, so ``ckpt_path=last`` or re-running the job resumes from there."""
+    the process exits, so ``ckpt_path=last`` or re-running the job resumes from there.
+
+    Except at an epoch's end (``at_epoch_end``), where a resume would skip that epoch's validation:
+    ``last.ckpt`` then stays as it was, the state at the previous validation (or ``every_n_train_steps``
+    save), and the resume repeats the steps since then, exactly as they ran."""
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
@@ -53,10 +67,40 @@ class CheckpointOnInterrupt(Callback):
         if trainer.state.fn != TrainerFn.FITTING:
             return
         path = self.dirpath / "last.ckpt"
+        if at_epoch_end(trainer):
+            kept = (
+                f"{path} keeps step {_step_of(path)}, and resuming repeats the steps since then"
+                if path.is_file()
+                else "there is no checkpoint yet, and re-running starts over"
+            )
+            log.warning(
+                "Interrupted at step %d, at an epoch's end, where a resumed run would skip that epoch's "
+                "validation: no checkpoint saved; %s.",
+                trainer.global_step,
+                kept,
+            )
+            return
         trainer.save_checkpoint(path)
         log.warning(
             "Interrupted at step %d: saved %s; resume with ckpt_path=last.", trainer.global_step, path
         )
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that skips an ``every_n_train_steps`` save due at an epoch's last step
+    (``at_epoch_end``): it would be saved before that epoch's validation, which a run resumed from it
+    would never run. The next save comes ``every_n_train_steps`` later."""
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if not at_epoch_end(trainer):
+            super().on_train_batch_end(trainer, pl_module, *args)
+
+
+def _step_of(path: Path) -> int | str:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+    except Exception:  # cut short, or not a checkpoint: the resume says so in its own words
+        return "unknown"
 
 
 class StopAfterStepOnCtrlC:

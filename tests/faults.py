@@ -56,14 +56,26 @@ class KillOnce(Callback):
 
 
 class SignalAtStep(Callback):
-    """Send ``signum`` (e.g. 15 = SIGTERM, 2 = SIGINT) at ``step``, ``times`` times in a row, in the
-    first run only (a marker file remembers): to this process, or with ``group`` to its whole process
-    group, DataLoader workers included, as a terminal's Ctrl-C does."""
+    """Send ``signum`` (e.g. 15 = SIGTERM, 2 = SIGINT) as training step ``step`` starts, or with
+    ``val_batch`` as that batch of the validation after ``step`` steps starts; ``times`` times in a row,
+    in the first run only (a marker file remembers); to this process, or with ``group`` to its whole
+    process group, DataLoader workers included, as a terminal's Ctrl-C does."""
 
-    def __init__(self, step: int, signum: int, marker: str, times: int = 1, group: bool = False) -> None:
-        self.step, self.signum, self.marker, self.times, self.group = step, signum, marker, times, group
+    def __init__(
+        self, step: int, signum: int, marker: str, times: int = 1, group: bool = False, val_batch: int = -1
+    ) -> None:
+        self.step, self.signum, self.marker, self.times = step, signum, marker, times
+        self.group, self.val_batch = group, val_batch
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.val_batch < 0:
+            self._send(trainer)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == self.val_batch and not trainer.sanity_checking:
+            self._send(trainer)
+
+    def _send(self, trainer) -> None:
         if trainer.global_step == self.step and not os.path.exists(self.marker):
             open(self.marker, "w").close()
             for _ in range(self.times):

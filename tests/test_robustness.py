@@ -42,7 +42,9 @@ def history(run_dir: Path) -> list[dict]:
 
 
 # One uninterrupted run of digits, 3 epochs of 16 steps: what the stopped and resumed runs must equal
-RESUMABLE = [*ONE_JOB, "model=vae", "logger=csv", "trainer.max_epochs=3", "trainer.deterministic=true"]
+# (validation in 6 batches of 174 samples, so that a stop can land inside one)
+RESUMABLE = [*ONE_JOB, "model=vae", "logger=csv", "trainer.max_epochs=3", "trainer.deterministic=true",
+             "data.eval_batch_size=32"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -184,36 +186,49 @@ def sigint_reaches_children():
     signal.signal(signal.SIGINT, previous)
 
 
-SIGNAL_AT_20 = ["+callbacks.fault._target_=tests.faults.SignalAtStep", "+callbacks.fault.step=20"]
-KILL_AT_23 = ["+callbacks.fault._target_=tests.faults.KillOnce", "+callbacks.fault.step=23"]
-EVERY_20 = ["callbacks.last_checkpoint.every_n_train_steps=20"]  # a last.ckpt every 20 steps
-RAE_WITH_A_WORKER = ["model=rae", "data.num_workers=1", *EVERY_20]
+SIGNAL = ["+callbacks.fault._target_=tests.faults.SignalAtStep"]
+SIGTERM_AT_20 = [*SIGNAL, "+callbacks.fault.step=20", "+callbacks.fault.signum=15"]
+# Ctrl-C in a terminal: SIGINT to the process group, the loader worker included
+CTRL_C_AT_20 = [
+    *SIGNAL,
+    "+callbacks.fault.step=20",
+    "+callbacks.fault.signum=2",
+    "+callbacks.fault.group=true",
+]
+SIGTERM_AT_31 = [*SIGNAL, "+callbacks.fault.step=31", "+callbacks.fault.signum=15"]  # epoch 1's last step
+SIGTERM_IN_VAL = [
+    *SIGNAL,
+    "+callbacks.fault.step=32",
+    "+callbacks.fault.val_batch=2",
+    "+callbacks.fault.signum=15",
+]
+KILL_AT_20 = ["+callbacks.fault._target_=tests.faults.KillOnce", "+callbacks.fault.step=20"]
+# a last.ckpt every 8 steps: at 8, 24, 40 (not at 16, 32, 48, epochs' last steps, before their validation)
+RAE_WITH_A_WORKER = ["model=rae", "data.num_workers=1", "callbacks.last_checkpoint.every_n_train_steps=8"]
 
 
 @pytest.mark.usefixtures("sigint_reaches_children")
 @pytest.mark.parametrize(
     "settings,fault,exit_code,ckpt_step",
     [
-        ([], [*SIGNAL_AT_20, "+callbacks.fault.signum=15"], 143, 21),  # SIGTERM (preemption)
-        # Ctrl-C in a terminal (SIGINT to the process group, loader worker included): stops as SIGTERM does
-        (
-            RAE_WITH_A_WORKER,
-            [*SIGNAL_AT_20, "+callbacks.fault.signum=2", "+callbacks.fault.group=true"],
-            130,
-            21,
-        ),
-        (RAE_WITH_A_WORKER, KILL_AT_23, -9, 20),  # killed at 23, resumed from step 20
+        ([], SIGTERM_AT_20, 143, 21),  # preemption: stops after step 20
+        (RAE_WITH_A_WORKER, CTRL_C_AT_20, 130, 21),  # the first Ctrl-C stops as SIGTERM does
+        (RAE_WITH_A_WORKER, KILL_AT_20, -9, 8),  # killed at 20, resumed from step 8
+        # at an epoch's end no checkpoint is saved: Lightning would resume without its validation
+        ([], SIGTERM_AT_31, 143, 16),
+        ([], SIGTERM_IN_VAL, 143, 16),
     ],
-    ids=["sigterm", "ctrl-c", "sigkill"],
+    ids=["sigterm", "ctrl-c", "sigkill", "sigterm-at-epoch-end", "sigterm-in-validation"],
 )
 def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
     tmp_path: Path, uninterrupted, settings: list, fault: list, exit_code: int, ckpt_step: int
 ) -> None:
-    """Stopped in the middle of an epoch (16 steps an epoch), then the same command again: the resumed
+    """Stopped, then the same command again (16 steps an epoch). From the middle of an epoch the resumed
     run finishes that epoch on the batches the uninterrupted run trained on, not on a new shuffle of all
     of them, draws the same random numbers after it (the VAE draws noise every step), and ends
-    bit-identical to it, history included: the loggers wrote out the steps before the checkpoint. The
-    signals arrive as step 20 starts; the run stops after it."""
+    bit-identical to it, history included: the loggers wrote out the steps before the checkpoint. A stop
+    at an epoch's end (its last step or its validation) saves nothing, and the run resumes from the
+    epoch before, since Lightning would resume from there without that epoch's validation."""
     args = [*RESUMABLE, *settings]
     full, stopped = uninterrupted(*args), tmp_path / "stopped"
     fault = [*fault, f"+callbacks.fault.marker={tmp_path / 'marker'}"]
@@ -223,7 +238,8 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
         assert "Traceback" not in first.stdout + first.stderr
     ckpt = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == ckpt_step
-    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == ckpt_step - 16
+    loader_state = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert loader_state.get("batches_done", 0) == ckpt_step % 16
     resumed = cli(*args, f"hydra.run.dir={stopped}", *fault)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "not resumable" not in resumed.stdout + resumed.stderr  # Lightning's warning
@@ -241,7 +257,7 @@ def test_a_second_ctrl_c_stops_at_once_and_still_resumes_to_the_same_numbers(
     step later than in an uninterrupted run: Lightning counts the interrupted step once more when it
     restarts. Only the per-step rows are the same.)"""
     full, stopped = uninterrupted(*RESUMABLE), tmp_path / "stopped"
-    fault = [*SIGNAL_AT_20, "+callbacks.fault.signum=2", "+callbacks.fault.times=2",
+    fault = [*SIGNAL, "+callbacks.fault.step=20", "+callbacks.fault.signum=2", "+callbacks.fault.times=2",
              f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
     first = cli(*RESUMABLE, f"hydra.run.dir={stopped}", *fault)
     assert first.returncode == 130 and not (stopped / "metrics.json").exists()
