@@ -103,13 +103,14 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
         except SystemExit as err:
-            # A first Ctrl-C stops as SIGTERM does, a second one by KeyboardInterrupt, after which
-            # Lightning exits with status 1. A shell expects 130 for either. (SIGTERM: see ``main``.)
-            if ctrl_c.pressed or (trainer.interrupted and not isinstance(err, SIGTERMException)):
-                log.error("Stopped by Ctrl-C; checkpoints/last.ckpt holds the progress. Re-run to resume.")
-                raise SystemExit(128 + signal.SIGINT) from None
+            _exit_130_after_ctrl_c(trainer, err, ctrl_c.pressed)
             raise
     fit_metrics = dict(trainer.callback_metrics)
+    if "train/epoch_loss" not in fit_metrics and model.epoch_loss_n:
+        # resumed from its final checkpoint (stopped while testing): no epoch ran in this process, and the
+        # last epoch's loss sum came with the checkpoint; reduced across ranks as ``self.log`` does
+        mean = model.epoch_loss_sum / model.epoch_loss_n
+        fit_metrics["train/epoch_loss"] = trainer.strategy.reduce(mean, reduce_op="mean")
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None else ""
     if not best:
@@ -117,7 +118,11 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
             "No best checkpoint (training stopped before any validation, or no ModelCheckpoint, or "
             "fast_dev_run): testing the final weights; val/auroc is none."
         )
-    trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+    try:
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+    except SystemExit as err:
+        _exit_130_after_ctrl_c(trainer, err, pressed=False)
+        raise
     test_metrics = dict(trainer.callback_metrics)
     value = lambda d, k: float(d[k]) if k in d else None  # noqa: E731
     return {
@@ -131,6 +136,14 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
         "global_step": trainer.global_step,
         "best_checkpoint": best or None,
     }
+
+
+def _exit_130_after_ctrl_c(trainer, err: SystemExit, pressed: bool) -> None:
+    """A first Ctrl-C while fitting stops as SIGTERM does (``pressed``), any other by KeyboardInterrupt,
+    after which Lightning exits with status 1. A shell expects 130 for either. (SIGTERM: see ``main``.)"""
+    if pressed or (trainer.interrupted and not isinstance(err, SIGTERMException)):
+        log.error("Stopped by Ctrl-C. Re-run the same command to resume.")
+        raise SystemExit(128 + signal.SIGINT) from None
 
 
 def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
@@ -259,7 +272,7 @@ def main(cfg: DictConfig) -> float | None:
     except DivergedError as err:
         stop_on(err, exit_code=3)
     except SIGTERMException:  # Lightning exits with status 0 on SIGTERM; a scheduler must see 143
-        log.error("Stopped by SIGTERM; checkpoints/last.ckpt holds the progress. Re-run to resume.")
+        log.error("Stopped by SIGTERM. Re-run the same command to resume.")
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
         # Each multirun job is its own W&B run, failed or not. wandb is imported only by runs that log

@@ -55,6 +55,18 @@ class KillOnce(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class KillOnceWhileTesting(Callback):
+    """SIGKILL as the test of the trained model starts, the first time only (a marker file remembers)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 class SignalAtStep(Callback):
     """Send ``signum`` (e.g. 15 = SIGTERM, 2 = SIGINT) as training step ``step`` starts, or with
     ``val_batch`` as that batch of the validation after ``step`` steps starts; ``times`` times in a row,

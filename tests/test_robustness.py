@@ -203,6 +203,7 @@ SIGTERM_IN_VAL = [
     "+callbacks.fault.signum=15",
 ]
 KILL_AT_20 = ["+callbacks.fault._target_=tests.faults.KillOnce", "+callbacks.fault.step=20"]
+KILL_IN_TEST = ["+callbacks.fault._target_=tests.faults.KillOnceWhileTesting"]  # after the last epoch
 # a last.ckpt every 8 steps: at 8, 24, 40 (not at 16, 32, 48, epochs' last steps, before their validation)
 RAE_WITH_A_WORKER = ["model=rae", "data.num_workers=1", "callbacks.last_checkpoint.every_n_train_steps=8"]
 
@@ -217,8 +218,9 @@ RAE_WITH_A_WORKER = ["model=rae", "data.num_workers=1", "callbacks.last_checkpoi
         # at an epoch's end no checkpoint is saved: Lightning would resume without its validation
         ([], SIGTERM_AT_31, 143, 16),
         ([], SIGTERM_IN_VAL, 143, 16),
+        ([], KILL_IN_TEST, -9, 48),  # the resume only tests, and still records the last epoch's loss
     ],
-    ids=["sigterm", "ctrl-c", "sigkill", "sigterm-at-epoch-end", "sigterm-in-validation"],
+    ids=["sigterm", "ctrl-c", "sigkill", "sigterm-at-epoch-end", "sigterm-in-validation", "sigkill-in-test"],
 )
 def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
     tmp_path: Path, uninterrupted, settings: list, fault: list, exit_code: int, ckpt_step: int
