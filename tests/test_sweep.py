@@ -272,7 +272,9 @@ def _make_study(tmp_path: Path, py: str, *args: str) -> subprocess.CompletedProc
     # PY and PYTHON replaced, and a stamp of our own: make prints (or fails) instead of installing or training
     cmd = ["make", "-s", "study", f"PY={py}", "PYTHON=echo", f"STAMP={tmp_path / 'stamp'}",
            f"STUDY_DIR={tmp_path / 'study'}", *args]  # fmt: skip
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    # without the variables of an outer make (``make test ARGS=...`` would hand its ARGS down)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS")}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_make_study_runs_each_sweep_then_its_report(tmp_path: Path) -> None:
