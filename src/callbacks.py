@@ -95,6 +95,12 @@ class LatestCheckpoint(ModelCheckpoint):
         if not at_epoch_end(trainer):
             super().on_train_batch_end(trainer, pl_module, *args)
 
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's key, under which checkpoints saved before this class hold its state: they
+        # resume with it, and without Lightning's warning that the callback is missing
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
 
 def _step_of(path: Path) -> int | str:
     try:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import wandb
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from src.callbacks import StopAfterStepOnCtrlC
+from src.callbacks import LatestCheckpoint, StopAfterStepOnCtrlC
 from src.data.datamodule import OneClassDataModule
 from src.data.sources import CorruptDataError
 from src.loggers import ResumableCSVLogger
@@ -457,3 +458,10 @@ def test_last_ckpt_holds_the_final_weights_not_the_best(make_cfg) -> None:
     last = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     assert best["global_step"] < last["global_step"] == record["global_step"] == 48
     assert [p.name for p in (Path(cfg.paths.output_dir) / "checkpoints").iterdir()].count("last.ckpt") == 1
+
+
+def test_latest_checkpoint_keeps_the_state_key_of_checkpoints_saved_by_model_checkpoint(tmp_path) -> None:
+    """Checkpoints saved before ``LatestCheckpoint`` hold its state under ``ModelCheckpoint``'s key; a
+    different key would leave that state behind on resume, with Lightning's missing-callback warning."""
+    settings = {"dirpath": tmp_path, "filename": "last", "monitor": None, "every_n_train_steps": 8}
+    assert LatestCheckpoint(**settings).state_key == ModelCheckpoint(**settings).state_key
