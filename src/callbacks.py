@@ -112,21 +112,24 @@ def _step_of(path: Path) -> int | str:
 class StopAfterStepOnCtrlC:
     """A context for ``trainer.fit`` in which the first Ctrl-C stops the run as SIGTERM does: after the
     step under way, so ``CheckpointOnInterrupt`` saves whole steps and a resume continues exactly where
-    an uninterrupted run would be (Lightning checks for SIGTERM after each step, on every rank). A
-    second Ctrl-C stops at once, inside a step, by Lightning's own ``KeyboardInterrupt`` handling.
-    ``pressed`` tells which of the two signals stopped the run.
+    an uninterrupted run would be. A second Ctrl-C stops at once, inside a step, by Lightning's own
+    ``KeyboardInterrupt`` handling. ``pressed`` tells which of the two signals stopped the run.
 
-    It changes nothing where Ctrl-C would not raise ``KeyboardInterrupt``: a background job that
-    ignores SIGINT, a handler someone else set, a thread other than the main one.
+    It changes nothing where Ctrl-C would not raise ``KeyboardInterrupt`` (a background job that ignores
+    SIGINT, a handler someone else set, a thread other than the main one), nor where ``enabled`` is
+    false: the caller passes false under DDP, where Lightning's SIGTERM handling makes a collective
+    broadcast from inside the signal handler, wherever each rank happens to be, and a test run so
+    stopped failed in DDP's buffer broadcast ("Connection reset by peer") or hung.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.pressed = False
         self._pid: int | None = None
 
     def __enter__(self) -> "StopAfterStepOnCtrlC":
         main_thread = threading.current_thread() is threading.main_thread()
-        if main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        if self.enabled and main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             self._pid = os.getpid()
             signal.signal(signal.SIGINT, self._stop_after_step)
         return self

@@ -99,7 +99,7 @@ def checkpoint_step(ckpt_path: str | None) -> int:
 
 
 def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str, Any]:
-    with StopAfterStepOnCtrlC() as ctrl_c:
+    with StopAfterStepOnCtrlC(enabled=trainer.world_size == 1) as ctrl_c:
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
         except SystemExit as err:
