@@ -144,5 +144,5 @@ class StopAfterStepOnCtrlC:
             return
         signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C stops at once
         self.pressed = True
-        log.warning("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again: at once).")
+        log.warning("Ctrl-C: stopping after this step (Ctrl-C again: at once).")
         signal.raise_signal(signal.SIGTERM)
