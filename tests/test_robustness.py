@@ -241,6 +241,10 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
     assert first.returncode == exit_code and not (stopped / "metrics.json").exists()
     if exit_code > 0:  # a stop, not a kill: the loader worker must not fail with its parent's stop
         assert "Traceback" not in first.stdout + first.stderr
+    if exit_code > 0 and ckpt_step % 16 == 0:  # stopped at an epoch's end: the log names what is kept
+        assert f"no checkpoint saved; {stopped / 'checkpoints' / 'last.ckpt'} keeps step {ckpt_step}" in (
+            first.stdout + first.stderr
+        )
     ckpt = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == ckpt_step
     loader_state = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
