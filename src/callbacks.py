@@ -102,9 +102,14 @@ class LatestCheckpoint(ModelCheckpoint):
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
 
+def saved_step(path: str | Path) -> int:
+    """The ``global_step`` of a Lightning checkpoint, read without reading its weights (``mmap``)."""
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+
+
 def _step_of(path: Path) -> int | str:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+        return saved_step(path)
     except Exception:  # cut short, or not a checkpoint: the resume says so in its own words
         return "unknown"
 

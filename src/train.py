@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from src.callbacks import StopAfterStepOnCtrlC
+from src.callbacks import StopAfterStepOnCtrlC, saved_step
 from src.config import ConfigError, check_config, register_configs
 from src.cuda_check import skip_unloadable_nvml_check
 from src.data.datamodule import NoTrainingBatchError
@@ -89,7 +89,7 @@ def checkpoint_step(ckpt_path: str | None) -> int:
     if ckpt_path is None or not Path(ckpt_path).is_file():
         return 0
     try:
-        return torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+        return saved_step(ckpt_path)
     except Exception as err:  # cut short by a kill during its write, or not a Lightning checkpoint
         raise ConfigError(
             f"Cannot resume from {ckpt_path}: it is not a readable Lightning checkpoint "
