@@ -21,15 +21,16 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from src import plots
+from src.cli import quiet_dependency_notices, stop_on
 from src.config import ConfigError
 from src.cuda_check import skip_unloadable_nvml_check
 from src.data.datamodule import OneClassDataModule, resolve_anomaly_classes
 from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundError, class_names
+from src.instantiate import instantiate_trainer
 from src.loggers import wandb_credentials_found, wandb_run_id
 from src.metrics import AnomalyMetrics
 from src.models.module import AnomalyAutoEncoder
 from src.results import METRICS_FILE, provenance, read_metrics, write_json_atomic
-from src.train import instantiate_trainer, quiet_dependency_notices, stop_on
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,77 @@ def _log_hardest(by_class: pd.DataFrame, n: int = 5) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Score ``cfg.stage``'s split with the checkpoint's model; write the record, scores and plot."""
+    """Score ``cfg.stage``'s split with the checkpoint's model; write the record, scores and plots."""
     skip_unloadable_nvml_check()
+    checkpoint = _checkpoint_to_score(cfg)
+    saved, changed = data_settings(cfg, checkpoint)
+    settings = saved | changed
+    datamodule, model = _load(checkpoint, saved, settings)
+    trainer = instantiate_trainer(cfg, callbacks=[], enable_checkpointing=False, enable_model_summary=False)
+    if trainer.world_size > 1:  # predict would return only this process's share of the scores
+        raise ConfigError(
+            f"src.eval scores on one device, but the trainer settings ask for {trainer.world_size} "
+            "processes: use trainer.devices=1 (and trainer.num_nodes=1), e.g. trainer=gpu or trainer=cpu."
+        )
+    scores, anomaly = _score(trainer, model, datamodule, cfg.stage)
+    metrics = AnomalyMetrics()
+    metrics.update(scores, anomaly)
+    values = {f"{cfg.stage}/{k}": float(v) for k, v in metrics.compute().items()}
+
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = _scores_table(datamodule, settings, cfg.stage, scores, anomaly)
+    table.to_csv(out / SCORES_FILE, index=False)
+    by_class = scores_by_class(table)
+    by_class.to_csv(out / BY_CLASS_FILE, index=False)
+    _log_hardest(by_class)
+    title = f"{model_label(model.hparams)}, {cfg.stage} split"
+    plots.score_histogram(
+        scores.numpy(),
+        anomaly.numpy(),
+        f"{title}: AUROC {values[f'{cfg.stage}/auroc']:.3f}",
+        out / "scores.png",
+    )
+    plots.scores_by_class(table, by_class, title, out / "scores_by_class.png")
+    record = values | {
+        "stage": cfg.stage,
+        "checkpoint": str(checkpoint.resolve()),
+        "n_normal": int((anomaly == 0).sum()),
+        "n_anomaly": int(anomaly.sum()),
+        "data": settings,
+        "data_changed": changed,
+        "model": dict(model.hparams),
+        "provenance": provenance(),
+    }
+    write_json_atomic(out / EVAL_FILE, record)
+    if cfg.wandb.enabled:  # after the files: W&B trouble costs no result
+        log_to_wandb(cfg, record, out, by_class)
+    return record
+
+
+def _score(trainer, model, datamodule, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every sample's score and anomaly label (1 = anomaly) in ``stage``'s split, on the host."""
+    datamodule.check_available()
+    datamodule.setup(stage)
+    loader = datamodule.test_dataloader() if stage == "test" else datamodule.val_dataloader()
+    batches = trainer.predict(model, dataloaders=loader)
+    return torch.cat([s for s, _ in batches]).float().cpu(), torch.cat([y for _, y in batches]).cpu()
+
+
+def _scores_table(datamodule, settings: dict[str, Any], stage: str, scores, anomaly) -> pd.DataFrame:
+    """``scores.csv``: one row per scored sample, with its index and class in the source split."""
+    index, classes = datamodule.source_rows[stage]
+    names = class_names(settings["dataset"], settings["split"], settings.get("path"))
+    return pd.DataFrame({
+        "source_index": index.numpy(),
+        "class": classes.numpy(),
+        "class_name": [names[c] for c in classes.tolist()],
+        "anomaly": anomaly.numpy(),
+        "score": scores.numpy(),
+    })  # fmt: skip
+
+
+def _checkpoint_to_score(cfg: DictConfig) -> Path:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError(
             "ckpt_path is not set: give a run's output directory or a checkpoint, e.g. "
@@ -154,9 +224,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     if cfg.stage not in STAGES:
         raise ConfigError(f"stage={cfg.stage} is invalid: it must be one of {list(STAGES)}.")
-    checkpoint = find_checkpoint(str(cfg.ckpt_path))
-    saved, changed = data_settings(cfg, checkpoint)
-    settings = saved | changed
+    return find_checkpoint(str(cfg.ckpt_path))
+
+
+def _load(
+    checkpoint: Path, saved: dict[str, Any], settings: dict[str, Any]
+) -> tuple[OneClassDataModule, AnomalyAutoEncoder]:
+    """The DataModule of ``settings`` and the checkpoint's model, checked to fit each other."""
     try:
         datamodule = OneClassDataModule(**settings)
     except (TypeError, ValueError) as err:
@@ -170,61 +244,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"data.dataset={settings['dataset']} gives {datamodule.input_dim} inputs per sample, but the "
             f"checkpoint's model takes {model.hparams.input_dim}: score a dataset of the same image size."
         )
-    trainer = instantiate_trainer(cfg, callbacks=[], enable_checkpointing=False, enable_model_summary=False)
-    if trainer.world_size > 1:  # predict would return only this process's share of the scores
-        raise ConfigError(
-            f"src.eval scores on one device, but the trainer settings ask for {trainer.world_size} "
-            "processes: use trainer.devices=1 (and trainer.num_nodes=1), e.g. trainer=gpu or trainer=cpu."
-        )
-    datamodule.check_available()
-    datamodule.setup(cfg.stage)
-    loader = datamodule.test_dataloader() if cfg.stage == "test" else datamodule.val_dataloader()
-    batches = trainer.predict(model, dataloaders=loader)
-    scores = torch.cat([s for s, _ in batches]).float().cpu()
-    anomaly = torch.cat([y for _, y in batches]).cpu()
-    metrics = AnomalyMetrics()
-    metrics.update(scores, anomaly)
-    values = {f"{cfg.stage}/{k}": float(v) for k, v in metrics.compute().items()}
-
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    index, classes = datamodule.source_rows[cfg.stage]
-    names = class_names(settings["dataset"], settings["split"], settings.get("path"))
-    table = pd.DataFrame({
-        "source_index": index.numpy(),
-        "class": classes.numpy(),
-        "class_name": [names[c] for c in classes.tolist()],
-        "anomaly": anomaly.numpy(),
-        "score": scores.numpy(),
-    })  # fmt: skip
-    table.to_csv(out / SCORES_FILE, index=False)
-    by_class = scores_by_class(table)
-    by_class.to_csv(out / BY_CLASS_FILE, index=False)
-    _log_hardest(by_class)
-    n_normal, n_anomaly = int((anomaly == 0).sum()), int(anomaly.sum())
-    plots.score_histogram(
-        scores.numpy(),
-        anomaly.numpy(),
-        f"{model_label(model.hparams)}, {cfg.stage} split: AUROC {values[f'{cfg.stage}/auroc']:.3f}",
-        out / "scores.png",
-    )
-    plots.scores_by_class(
-        table, by_class, f"{model_label(model.hparams)}, {cfg.stage} split", out / "scores_by_class.png"
-    )
-    record = values | {
-        "stage": cfg.stage,
-        "checkpoint": str(checkpoint.resolve()),
-        "n_normal": n_normal,
-        "n_anomaly": n_anomaly,
-        "data": settings,
-        "data_changed": changed,
-        "model": dict(model.hparams),
-        "provenance": provenance(),
-    }
-    write_json_atomic(out / EVAL_FILE, record)
-    if cfg.wandb.enabled:  # after the files: W&B trouble costs no result
-        log_to_wandb(cfg, record, out, by_class)
-    return record
+    return datamodule, model
 
 
 def log_to_wandb(cfg: DictConfig, record: dict[str, Any], out: Path, by_class: pd.DataFrame) -> None:

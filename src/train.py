@@ -4,7 +4,6 @@ import logging
 import signal
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,43 +11,23 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.types import RunMode
-from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from src.callbacks import StopAfterStepOnCtrlC, saved_step
+from src.callbacks import StopAfterStepOnCtrlC
+from src.cli import quiet_dependency_notices, stop_on
 from src.config import ConfigError, check_config, register_configs
 from src.cuda_check import skip_unloadable_nvml_check
 from src.data.datamodule import NoTrainingBatchError
 from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundError
+from src.instantiate import instantiate_callbacks, instantiate_trainer
 from src.loggers import flat_config, instantiate_loggers, log_summaries
 from src.models.module import DivergedError
 from src.results import METRICS_FILE, provenance, read_metrics, write_json_atomic
+from src.resume import checkpoint_step, resume_path
 
 log = logging.getLogger(__name__)
-
-
-class _DropLightningTips(logging.Filter):
-    """Lightning 2.6 advertises its cloud logger ("💡 Tip: ... litlogger") at every ``Trainer``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
-
-
-_DROP_TIPS = _DropLightningTips()
-
-
-def quiet_dependency_notices() -> None:
-    """Silence two messages a user can do nothing about, printed by every run: Lightning's
-    advertisement, and torch 2.14's deprecation of the ``LeafSpec`` that Lightning 2.6 still builds.
-    Called by the entry points, not at import."""
-    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if _DROP_TIPS not in rank_zero_log.filters:
-        rank_zero_log.addFilter(_DROP_TIPS)
-    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
 
 
 def run_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -61,41 +40,6 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "provenance": provenance(),
     }
-
-
-def resume_path(cfg: DictConfig) -> str | None:
-    """``ckpt_path`` as given; ``last`` means this output directory's ``checkpoints/last.ckpt``, which
-    is also used when ``resume`` is on and the directory holds one (a killed or requeued job)."""
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    ckpt = cfg.get("ckpt_path")
-    if ckpt == "last" and not last.is_file():
-        raise ConfigError(f"ckpt_path=last but {last} does not exist: pass the run's hydra.run.dir.")
-    # None, and the names and URLs Lightning resolves itself, are not local files
-    named = ckpt in (None, "last", "hpc") or str(ckpt).startswith("registry") or "://" in str(ckpt)
-    if not named and not Path(ckpt).is_file():
-        raise ConfigError(
-            f"ckpt_path={ckpt} is not a file: give a checkpoint's path (a run's checkpoints/last.ckpt, or "
-            "the best_checkpoint its metrics.json names), or ckpt_path=last with the run's hydra.run.dir."
-        )
-    if ckpt == "last" or (ckpt is None and cfg.get("resume") and last.is_file()):
-        log.info("Resuming from %s", last)
-        return str(last)
-    return ckpt
-
-
-def checkpoint_step(ckpt_path: str | None) -> int:
-    """The training step of the checkpoint a run resumes from; 0 for a fresh run (or a checkpoint that
-    Lightning resolves itself, such as ``hpc``)."""
-    if ckpt_path is None or not Path(ckpt_path).is_file():
-        return 0
-    try:
-        return saved_step(ckpt_path)
-    except Exception as err:  # cut short by a kill during its write, or not a Lightning checkpoint
-        raise ConfigError(
-            f"Cannot resume from {ckpt_path}: it is not a readable Lightning checkpoint "
-            f"({type(err).__name__}: {err}). Nothing was run. Pass ckpt_path=<an earlier checkpoint> (the "
-            "run's checkpoints/ folder keeps the best one too), or move the file away to start over."
-        ) from err
 
 
 def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str, Any]:
@@ -144,38 +88,6 @@ def _exit_130_after_ctrl_c(trainer, err: SystemExit, pressed: bool) -> None:
     if pressed or (trainer.interrupted and not isinstance(err, SIGTERMException)):
         log.error("Stopped by Ctrl-C. Re-run the same command to resume.")
         raise SystemExit(128 + signal.SIGINT) from None
-
-
-def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
-    """The callbacks of ``cfg.callbacks``; one whose class rejects its settings is a ``ConfigError``."""
-    callbacks = []
-    for name, c in (cfg.get("callbacks") or {}).items():
-        try:
-            callbacks.append(hydra.utils.instantiate(c))
-        except InstantiationException as err:
-            cause = err.__cause__ or err
-            raise ConfigError(
-                f"Invalid settings for callbacks.{name}, nothing was run: {type(cause).__name__}: "
-                f"{str(cause).rstrip('.')}. "
-                f"Fix the callbacks.{name}.* override; `python -m src.train --cfg job` prints them all."
-            ) from err
-    return callbacks
-
-
-def instantiate_trainer(cfg: DictConfig, callbacks: list, **kwargs: Any) -> L.Trainer:
-    """Lightning's ``Trainer`` from ``cfg.trainer`` (and ``kwargs``); a setting it rejects is a
-    ``ConfigError``. A ``ModelSummary`` among ``callbacks`` replaces Lightning's default one."""
-    if any(isinstance(c, ModelSummary) for c in callbacks):
-        kwargs.setdefault("enable_model_summary", False)  # else Lightning says it skips its own
-    try:
-        return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=False, **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__ or err
-        raise ConfigError(
-            f"Invalid trainer settings, nothing was run: Lightning's Trainer rejected them "
-            f"({type(cause).__name__}: {cause}). Fix the trainer.* override it names; "
-            "`python -m src.train --cfg job` prints the composed trainer group."
-        ) from err
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -238,15 +150,6 @@ def _save_record(
     return record
 
 
-def stop_on(err: Exception, exit_code: int, logger: logging.Logger = log) -> None:
-    """Report an expected failure in one paragraph: a single run exits with ``exit_code``; in a
-    multirun the error goes back to Hydra, which records it and runs the other jobs."""
-    logger.error(str(err))
-    if HydraConfig.get().mode == RunMode.RUN:
-        raise SystemExit(exit_code) from None
-    raise err
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     quiet_dependency_notices()
@@ -267,10 +170,10 @@ def main(cfg: DictConfig) -> float | None:
         CorruptDataError,
         CacheWriteError,
         NoTrainingBatchError,
-    ) as err:
-        stop_on(err, exit_code=2)  # a setting or a data file to fix: the message names it and the fix
+    ) as err:  # a setting or a data file to fix: the message names it and the fix
+        stop_on(err, exit_code=2, logger=log)
     except DivergedError as err:
-        stop_on(err, exit_code=3)
+        stop_on(err, exit_code=3, logger=log)
     except SIGTERMException:  # Lightning exits with status 0 on SIGTERM; a scheduler must see 143
         log.error("Stopped by SIGTERM. Re-run the same command to resume.")
         raise SystemExit(128 + signal.SIGTERM) from None

@@ -8,7 +8,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from src.config import ConfigError, check_config
-from src.train import instantiate_callbacks
+from src.instantiate import instantiate_callbacks
 from tests.conftest import REPO, compose_train
 
 BAD_VALUES = [
