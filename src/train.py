@@ -23,7 +23,7 @@ from src.data.datamodule import NoTrainingBatchError
 from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundError
 from src.instantiate import instantiate_callbacks, instantiate_trainer
 from src.loggers import flat_config, instantiate_loggers, log_summaries
-from src.models.module import DivergedError
+from src.models.step_values import DivergedError
 from src.results import METRICS_FILE, provenance, read_metrics, write_json_atomic
 from src.resume import checkpoint_step, resume_path
 

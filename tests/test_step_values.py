@@ -15,7 +15,8 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import open_dict
 from torch.overrides import TorchFunctionMode
 
-from src.models.module import AnomalyAutoEncoder, DivergedError, _ReadBackOnException
+from src.models.module import AnomalyAutoEncoder, _ReadBackOnException
+from src.models.step_values import DivergedError
 from src.train import train
 
 # Tensor methods that copy a value to the host; on a GPU each one waits for the device's queue.
@@ -32,7 +33,7 @@ class LossTurnsNanAt(AnomalyAutoEncoder):
         loss = super().training_step(batch, batch_idx)
         if self.global_step == self.BAD_STEP:
             loss = loss * float("nan")
-            self.step_losses["loss"] = loss.detach()
+            self.step_losses["train/loss"] = loss.detach()
         return loss
 
 

@@ -1,6 +1,5 @@
 """The Lightning system that trains and evaluates every variant (AE, VAE, RAE, RVAE)."""
 
-import math
 from contextlib import nullcontext
 
 import torch
@@ -10,19 +9,7 @@ from src.metrics import AnomalyMetrics
 from src.models.components.autoencoder import AutoEncoder
 from src.models.components.backbone import BlockType
 from src.models.components.loss import autoencoder_loss
-
-
-class DivergedError(RuntimeError):
-    """Training produced a non-finite loss or gradient norm; the weights were not updated with it."""
-
-    def __init__(self, step: int, reason: str, last_finite_g_norm: float | None) -> None:
-        self.step, self.reason, self.last_finite_g_norm = step, reason, last_finite_g_norm
-        super().__init__(
-            f"Training diverged at step {step}: {reason} (last finite train/g_norm: {last_finite_g_norm}). "
-            "Neither that update nor any later one reached the weights, and no checkpoint was saved after "
-            "it: the best and last checkpoints hold the weights from before. Try gradient clipping "
-            "(trainer.gradient_clip_val), a lower model.lr, or fewer layers."
-        )
+from src.models.step_values import StepValues
 
 
 def check_model_settings(
@@ -140,12 +127,10 @@ class AnomalyAutoEncoder(LightningModule):
         # running max of train/g_norm; a buffer so it follows the device, never syncs to the host
         # and survives a resume
         self.register_buffer("g_norm_max", torch.zeros(()))
-        self.last_finite_g_norm: float | None = None
         self.g_norm: torch.Tensor | None = None  # this step's norm, reused by the clipping
         # 1.0 from the first non-finite step on: fused Adam then skips its update on the device
         self.register_buffer("found_inf", torch.zeros(()), persistent=False)
-        # (step, epoch, due for the loggers, [loss, (recon, kl,) g_norm]) of steps not yet read back
-        self.pending_steps: list[tuple[int, int, bool, list[torch.Tensor]]] = []
+        self.step_values = StepValues()  # this run's per-step values not yet read back to the host
         self.compiled_batch_size = 0  # see ``_compile_stance``
         self.val_metrics = AnomalyMetrics()
         self.test_metrics = AnomalyMetrics()
@@ -169,7 +154,7 @@ class AnomalyAutoEncoder(LightningModule):
         with self._compile_stance(len(x)):
             out = self.net(x)
         losses = autoencoder_loss(x, out.x_hat, out.mu, out.logvar, self.hparams.beta)
-        self.step_losses = {k: v.detach() for k, v in losses.items()}  # checked and logged with g_norm
+        self.step_losses = {f"train/{k}": v.detach() for k, v in losses.items()}  # kept with g_norm
         loss = losses["loss"]
         self.epoch_loss_sum.add_(loss.detach(), alpha=len(x))
         self.epoch_loss_n += len(x)
@@ -201,17 +186,16 @@ class AnomalyAutoEncoder(LightningModule):
         # Called before Lightning clips, so this is the raw norm that clipping then bounds.
         g_norm = torch.nn.utils.get_total_norm([p.grad for p in _params_with_grad(optimizer)])
         self.g_norm = g_norm.detach()
-        self.pending_steps.append(
-            (self.global_step, self.current_epoch, self._log_due(), [*self.step_losses.values(), self.g_norm])
-        )
+        values = self.step_losses | {"train/g_norm": self.g_norm}
+        self.step_values.add(self.global_step, self.current_epoch, self._log_due(), values)
         if self.hparams.host_sync_every > 1 and getattr(optimizer, "_step_supports_amp_scaling", False):
             # The optimizer (fused Adam) skips its update on the device while ``found_inf`` is 1, the
             # mechanism GradScaler uses: no non-finite update reaches the weights before the host reads
             # this step back, and none after it, so the run stops with the weights from before it.
-            finite = torch.isfinite(self.step_losses["loss"]).logical_and_(torch.isfinite(g_norm))
+            finite = torch.isfinite(self.step_losses["train/loss"]).logical_and_(torch.isfinite(g_norm))
             self.found_inf.masked_fill_(finite.logical_not_(), 1.0)
             optimizer.found_inf = self.found_inf
-            if len(self.pending_steps) < self.hparams.host_sync_every:
+            if len(self.step_values) < self.hparams.host_sync_every:
                 return
         self.read_back_steps()  # other optimizers: every step, before the update
 
@@ -224,40 +208,15 @@ class AnomalyAutoEncoder(LightningModule):
         return not (self.global_step + 1) % trainer.log_every_n_steps or trainer.should_stop
 
     def read_back_steps(self, check: bool = True) -> None:
-        """Copy the pending steps' values to the host in one transfer, send the due ones to the loggers
-        and, if ``check``, raise ``DivergedError`` at the first non-finite loss or norm (logged too).
-
-        Lightning's ``self.log`` costs about a millisecond per key per step on CPU (each call moves its
-        result object to the value's device through ``apply_to_collection``): a quarter of a small model's
-        step. Per-step values need none of its epoch reduction, so they go to the loggers directly, at the
-        step and cadence (``trainer.log_every_n_steps``) and with the ``epoch`` column ``self.log`` would
-        give them. They reach disk at each logger's own pace (``CSVLogger`` every
-        ``flush_logs_every_n_steps``, W&B and TensorBoard in the background) and when the run ends or
-        fails, rather than with a file write every step as ``self.log`` does. They are not in
-        ``trainer.callback_metrics``.
-        """
-        pending, self.pending_steps = self.pending_steps, []
-        if not pending:
-            return
-        keys = [f"train/{k}" for k in (*self.step_losses, "g_norm")]
-        flat = torch.stack([v for *_, values in pending for v in values]).tolist()
-        g_norm_max = 0.0
-        for i, (step, epoch, due, _) in enumerate(pending):
-            values = dict(zip(keys, flat[i * len(keys) : (i + 1) * len(keys)], strict=True))
-            if due:
-                for logger in self.trainer.loggers:
-                    logger.log_metrics(values | {"epoch": epoch}, step=step)
-            bad = [k for k in ("train/loss", "train/g_norm") if not math.isfinite(values[k])]
-            if bad and check:
-                self.g_norm_max.clamp_(min=g_norm_max)
-                raise DivergedError(step, f"{bad[0]} is {values[bad[0]]}", self.last_finite_g_norm)
-            if not bad:
-                self.last_finite_g_norm = values["train/g_norm"]
-                g_norm_max = max(g_norm_max, self.last_finite_g_norm)
-        self.g_norm_max.clamp_(min=g_norm_max)  # a host number: no device-to-host copy
+        """Read the pending steps' values back to the host in one copy and hand the due ones to the loggers;
+        if ``check``, raise ``DivergedError`` at the first non-finite loss or norm (``StepValues``)."""
+        try:
+            self.step_values.read_back(self.trainer.loggers, check)
+        finally:
+            self.g_norm_max.clamp_(min=self.step_values.g_norm_max)  # a host number: no device-to-host copy
 
     def on_train_start(self) -> None:
-        self.pending_steps = []
+        self.step_values.clear()
         self.found_inf.zero_()
 
     def on_validation_epoch_start(self) -> None:
