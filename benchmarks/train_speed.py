@@ -289,6 +289,8 @@ def measure_memory(n_train: int, n_layers: int, batch: int, setup: Setup) -> dic
         for run in ("first_run", "cached"):
             with multiprocessing.get_context("spawn").Pool(1) as pool:
                 out[run] = pool.apply(memory_child, (tmp, n_layers, batch, 20, setup))
+                pool.close()  # let the worker exit by itself: terminated, it leaks a semaphore warning
+                pool.join()
     return out
 
 
