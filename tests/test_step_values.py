@@ -16,7 +16,7 @@ from omegaconf import open_dict
 from torch.overrides import TorchFunctionMode
 
 from src.models.module import AnomalyAutoEncoder, _ReadBackOnException
-from src.models.step_values import DivergedError
+from src.models.step_values import DivergedError, StepValues
 from src.train import train
 
 # Tensor methods that copy a value to the host; on a GPU each one waits for the device's queue.
@@ -167,3 +167,27 @@ def test_fit_then_test_holds_one_read_back_callback_and_no_override_notice(make_
     assert any("Restoring states from the checkpoint" in m for m in messages)  # test() ran, and was heard
     assert not [m for m in messages if "override existing callbacks" in m]
     assert sum(isinstance(c, _ReadBackOnException) for c in objects["trainer"].callbacks) == 1
+
+
+def test_step_values_log_the_due_steps_in_one_read_and_stop_at_the_first_non_finite(tmp_path: Path) -> None:
+    steps = StepValues()
+    norms = [2.0, 5.0, float("nan"), 9.0]  # step 2 diverges
+    for step, g_norm in enumerate(norms):
+        values = {"train/loss": torch.tensor(1.0 / (step + 1)), "train/g_norm": torch.tensor(g_norm)}
+        steps.add(step, epoch=0, due=step != 1, values=values)  # step 1 is not due for the loggers
+    logger = CSVLogger(tmp_path, name="", version="")
+    message = r"at step 2: train/g_norm is nan \(last finite train/g_norm: 5.0\)"
+    with pytest.raises(DivergedError, match=message):
+        steps.read_back([logger])
+    logger.save()
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    # the due steps up to the bad one, which is logged too; nothing after it
+    assert [(r["step"], r["train/g_norm"]) for r in rows] == [("0", "2.0"), ("2", "nan")]
+    assert steps.g_norm_max == 5.0 and len(steps) == 0  # the finite norms only; the pending ones are gone
+    later = {"train/loss": torch.tensor(0.1), "train/g_norm": torch.tensor(7.0)}
+    steps.add(4, epoch=1, due=True, values=later)
+    steps.read_back([logger], check=False)
+    assert steps.g_norm_max == 7.0 and steps.last_finite_g_norm == 7.0
+    logger.save()
+    last = list(csv.DictReader((tmp_path / "metrics.csv").open()))[-1]
+    assert (last["step"], last["epoch"], last["train/loss"]) == ("4", "1", str(torch.tensor(0.1).item()))
