@@ -217,6 +217,7 @@ def _scores_table(datamodule, settings: dict[str, Any], stage: str, scores, anom
 
 
 def _checkpoint_to_score(cfg: DictConfig) -> Path:
+    """The checkpoint ``cfg.ckpt_path`` names, once ``ckpt_path`` and ``stage`` are known to be set right."""
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError(
             "ckpt_path is not set: give a run's output directory or a checkpoint, e.g. "
