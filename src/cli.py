@@ -19,13 +19,17 @@ _DROP_TIPS = _DropLightningTips()
 
 
 def quiet_dependency_notices() -> None:
-    """Silence two messages a user can do nothing about, printed by every run: Lightning's
-    advertisement, and torch 2.14's deprecation of the ``LeafSpec`` that Lightning 2.6 still builds.
-    Called by the entry points, not at import."""
+    """Silence messages a user can do nothing about: Lightning's advertisement and torch 2.14's
+    deprecation of the ``LeafSpec`` that Lightning 2.6 still builds, in every run; and, with
+    ``trainer.precision=bf16-mixed``, the model summary's warning that it sizes the weights at 32 bits,
+    which is right (mixed precision keeps them in float32). Called by the entry points, not at import."""
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if _DROP_TIPS not in rank_zero_log.filters:
         rank_zero_log.addFilter(_DROP_TIPS)
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+    warnings.filterwarnings(
+        "ignore", r"Precision \S+-mixed is not supported by the model summary", UserWarning
+    )
 
 
 def stop_on(err: Exception, exit_code: int, logger: logging.Logger) -> None:

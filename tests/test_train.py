@@ -1,8 +1,10 @@
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from omegaconf import open_dict
 
+from src.cli import quiet_dependency_notices
 from src.config import ConfigError
 from src.data.datamodule import NoTrainingBatchError
 from src.models.module import AnomalyAutoEncoder
@@ -244,6 +247,21 @@ def test_logger_none_trains_with_no_logger(make_cfg) -> None:
     metrics, objects = train(make_cfg("logger=none"))
     assert objects["trainer"].loggers == [] and metrics["status"] == "completed"
     assert not (Path(objects["trainer"].default_root_dir) / "csv").exists()
+
+
+def test_a_bf16_mixed_run_keeps_float32_weights_and_no_model_summary_notice(make_cfg, monkeypatch) -> None:
+    """Lightning's model summary warns that it sizes bf16-mixed weights at 32 bits; mixed precision keeps
+    them in float32, so the entry points silence it (``quiet_dependency_notices``)."""
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch.utilities.rank_zero"), "filters", [])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_dependency_notices()
+        cfg = make_cfg("trainer.precision=bf16-mixed", "trainer.max_epochs=1", "logger=none")
+        metrics, objects = train(cfg)
+    assert metrics["status"] == "completed"
+    assert any(isinstance(c, ModelSummary) for c in objects["trainer"].callbacks)  # the summary ran
+    assert {p.dtype for p in objects["model"].parameters()} == {torch.float32}
+    assert not [w for w in seen if "model summary" in str(w.message)]
 
 
 @pytest.mark.slow
