@@ -31,6 +31,24 @@ def compose_train(overrides: list[str]) -> DictConfig:
         return compose("train", overrides=BASE_OVERRIDES + overrides, return_hydra_config=True)
 
 
+def as_run(cfg: DictConfig, out: Path) -> DictConfig:
+    """``cfg`` as Hydra would run it with its output directory at ``out``, without a progress bar."""
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.hydra.runtime.output_dir = str(out)
+        cfg.trainer.enable_progress_bar = False
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+def eval_cfg(out: Path, *overrides: str) -> DictConfig:
+    """Compose ``eval.yaml`` with overrides, as ``python -m src.eval`` would run it in ``out``."""
+    GlobalHydra.instance().clear()
+    with initialize(version_base="1.3", config_path="../conf"):
+        cfg = compose("eval", overrides=list(overrides), return_hydra_config=True)
+    return as_run(cfg, out)
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path):
     """Compose ``train.yaml`` with overrides, every output under ``tmp_path``, as Hydra would run it."""

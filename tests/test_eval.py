@@ -10,10 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import wandb
-from hydra import compose, initialize
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 from torchvision.datasets import EMNIST
@@ -24,33 +21,17 @@ from src.eval import BY_CLASS_FILE, EVAL_FILE, SCORES_FILE, evaluate, scores_by_
 from src.loggers import wandb_run_id
 from src.models.module import AnomalyAutoEncoder
 from src.train import train
-from tests.conftest import REPO, compose_train
+from tests.conftest import REPO, as_run, compose_train, eval_cfg
 from tests.wandb_file import offline_run_files, read_run
-
-
-def _as_run(cfg: DictConfig, out: Path) -> DictConfig:
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.hydra.runtime.output_dir = str(out)
-        cfg.trainer.enable_progress_bar = False
-    HydraConfig().set_config(cfg)
-    return cfg
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, dict, dict]:
     """A two-epoch RVAE on digits: its run directory, metrics.json and split sizes."""
     out = tmp_path_factory.mktemp("run")
-    record, objects = train(_as_run(compose_train(["trainer.max_epochs=2"]), out))
+    record, objects = train(as_run(compose_train(["trainer.max_epochs=2"]), out))
     GlobalHydra.instance().clear()
     return out, record, objects["datamodule"].split_sizes
-
-
-def eval_cfg(out: Path, *overrides: str) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize(version_base="1.3", config_path="../conf"):
-        cfg = compose("eval", overrides=list(overrides), return_hydra_config=True)
-    return _as_run(cfg, out)
 
 
 def test_eval_scores_the_runs_own_test_split_again(trained, tmp_path: Path) -> None:
@@ -245,7 +226,7 @@ def test_cli_prints_the_result_and_stops_on_bad_input_in_one_paragraph(trained, 
 def test_emnist_scores_name_each_sample_as_torchvision_indexes_it(fake_emnist, tmp_path: Path) -> None:
     root, _ = fake_emnist
     cfg = compose_train(["data=emnist", f"data.root={root}", "data.anomaly_class=[0,24]", "model.n_layers=1"])
-    record, _ = train(_as_run(cfg, tmp_path / "run"))
+    record, _ = train(as_run(cfg, tmp_path / "run"))
     result = evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={tmp_path / 'run'}"))
     assert result["test/auroc"] == pytest.approx(record["test/auroc"], abs=1e-6)
     scores = pd.read_csv(tmp_path / "eval" / SCORES_FILE, keep_default_na=False)

@@ -11,8 +11,7 @@ from omegaconf import open_dict
 from benchmarks.train_speed import main as bench
 from src.eval import evaluate
 from src.train import train
-from tests.conftest import epoch_losses
-from tests.test_eval import eval_cfg
+from tests.conftest import epoch_losses, eval_cfg
 
 pytestmark = pytest.mark.gpu
 
