@@ -26,7 +26,7 @@ def test_importing_any_src_module_changes_nothing_in_the_process(tmp_path: Path)
 NOT_ON_THE_GPU_IMAGE = ["wandb", "mlxtend", "submitit", "optuna"]
 
 
-def test_what_the_gpu_check_runs_imports_without_packages_the_gpu_image_lacks(tmp_path: Path) -> None:
+def test_what_the_gpu_check_runs_imports_without_packages_the_gpu_image_lacks() -> None:
     """``benchmarks/gpu_check.sh`` runs ``tests/test_gpu.py``, the bench and ``src.train``; none may import
     W&B or the other packages above at import time (W&B was reached through ``tests.test_eval``)."""
     code = (
