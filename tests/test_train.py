@@ -265,6 +265,8 @@ def test_a_bf16_mixed_run_keeps_float32_weights_and_no_model_summary_notice(make
 
 
 @pytest.mark.slow
+# the model summary's notice that src.train silences (see the test above)
+@pytest.mark.filterwarnings("ignore:Precision bf16-mixed is not supported by the model summary")
 @pytest.mark.parametrize("option", ["model.compile=true", "trainer.precision=bf16-mixed"])
 def test_speed_options_keep_the_loss_curve(make_cfg, tmp_path: Path, option: str) -> None:
     eager = epoch_losses(make_cfg, tmp_path, "eager")
