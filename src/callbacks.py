@@ -1,5 +1,6 @@
 """Lightning callbacks, and a Ctrl-C handler, that make runs resumable exactly and interruptible safely."""
 
+import contextlib
 import logging
 import os
 import random
@@ -86,6 +87,55 @@ class CheckpointOnInterrupt(Callback):
         )
 
 
+class StopRanksTogetherOnSigterm(Callback):
+    """Under DDP, SIGTERM (a cluster's preemption) stops every rank after the same training step, so
+    ``CheckpointOnInterrupt`` saves a checkpoint and the run exits with 143, as in a single process.
+
+    Lightning 2.6's own handler broadcasts from inside the signal handler, wherever each rank happens to
+    be, and each rank then stops on its own flag, so the ranks' collectives fall out of step
+    (Lightning-AI/pytorch-lightning#20806): on CPU, 8 of 10 runs so stopped failed with "Connection reset
+    by peer" and saved no checkpoint. This handler, put in place of Lightning's, only notes the signal and
+    passes it on to the ranks this process launched, as Lightning's does. At the end of every training step
+    the ranks agree in one all-reduce whether any was signalled; if so, all of them raise Lightning's flag
+    there, and Lightning stops each after that step. A signal during testing only ends the run after it."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self._trainer: Trainer | None = None
+
+    def _take_over(self, trainer: Trainer) -> None:
+        # Lightning puts its handler in place after ``on_fit_start``; these hooks all come later, and
+        # Lightning puts back the handler from before its own when the stage ends.
+        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+            self._trainer = trainer
+            signal.signal(signal.SIGTERM, self._note)
+
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._take_over(trainer)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._take_over(trainer)
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._take_over(trainer)
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        # No logging here: a handler that writes to a stream the main thread is writing to fails with
+        # "reentrant call" (seen in these tests). The stop is logged where the ranks agree on it.
+        if not self.signalled:
+            launcher = self._trainer.strategy.launcher
+            if launcher is not None:
+                launcher.kill(signum)  # the ranks this process started, if any
+        self.signalled = True
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
+            if self.signalled:
+                log.warning("[rank %d] SIGTERM: all ranks stop after this step.", trainer.global_rank)
+            # Lightning's own flag (no public setter): it then stops after this step, on every rank
+            trainer._signal_connector.received_sigterm = True
+
+
 class LatestCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that skips an ``every_n_train_steps`` save due at an epoch's last step
     (``at_epoch_end``): it would be saved before that epoch's validation, which a run resumed from it
@@ -121,20 +171,17 @@ class StopAfterStepOnCtrlC:
     ``KeyboardInterrupt`` handling. ``pressed`` tells which of the two signals stopped the run.
 
     It changes nothing where Ctrl-C would not raise ``KeyboardInterrupt`` (a background job that ignores
-    SIGINT, a handler someone else set, a thread other than the main one), nor where ``enabled`` is
-    false: the caller passes false under DDP, where Lightning's SIGTERM handling makes a collective
-    broadcast from inside the signal handler, wherever each rank happens to be, and a test run so
-    stopped failed in DDP's buffer broadcast ("Connection reset by peer") or hung.
+    SIGINT, a handler someone else set, a thread other than the main one). Under DDP each rank that gets
+    the Ctrl-C turns it into SIGTERM, which ``StopRanksTogetherOnSigterm`` stops all ranks on together.
     """
 
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
+    def __init__(self) -> None:
         self.pressed = False
         self._pid: int | None = None
 
     def __enter__(self) -> "StopAfterStepOnCtrlC":
         main_thread = threading.current_thread() is threading.main_thread()
-        if self.enabled and main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        if main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             self._pid = os.getpid()
             signal.signal(signal.SIGINT, self._stop_after_step)
         return self
@@ -149,5 +196,8 @@ class StopAfterStepOnCtrlC:
             return
         signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C stops at once
         self.pressed = True
-        log.warning("Ctrl-C: stopping after this step (Ctrl-C again: at once).")
+        # straight to the file descriptor: logging from a signal handler fails with "reentrant call" when
+        # the handler interrupts a write to the same stream
+        with contextlib.suppress(OSError):  # no stderr: nothing to tell
+            os.write(2, b"Ctrl-C: stopping after this step (Ctrl-C again: at once).\n")
         signal.raise_signal(signal.SIGTERM)

@@ -67,6 +67,16 @@ class KillOnceWhileTesting(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _first_to_mark(marker: str) -> bool:
+    """Create ``marker`` unless it exists; true for the one process, of all the ranks of a DDP run that
+    try at once, that created it."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
 class SignalAtStep(Callback):
     """Send ``signum`` (e.g. 15 = SIGTERM, 2 = SIGINT) as training step ``step`` starts, or with
     ``val_batch`` as that batch of the validation after ``step`` steps starts; ``times`` times in a row,
@@ -88,8 +98,7 @@ class SignalAtStep(Callback):
             self._send(trainer)
 
     def _send(self, trainer) -> None:
-        if trainer.global_step == self.step and not os.path.exists(self.marker):
-            open(self.marker, "w").close()
+        if trainer.global_step == self.step and _first_to_mark(self.marker):
             for _ in range(self.times):
                 if self.group:
                     os.killpg(os.getpgid(0), self.signum)

@@ -259,28 +259,38 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("sigint_reaches_children")
-def test_ctrl_c_under_ddp_stops_both_ranks_at_once_and_resumes_to_the_same_numbers(
-    tmp_path, uninterrupted
+@pytest.mark.parametrize(
+    "signum,group,exit_code,ckpt_step",
+    [
+        (15, False, 143, 5),  # to rank 0, which passes it on to rank 1, as a plain `kill` does
+        (15, True, 143, 5),  # to every rank, as SLURM's preemption does
+        (2, True, 130, 5),  # Ctrl-C: to the whole process group
+    ],
+    ids=["sigterm-to-rank-0", "sigterm-to-all-ranks", "ctrl-c"],
+)
+def test_under_ddp_a_stop_stops_both_ranks_together_and_resumes_to_the_same_numbers(
+    tmp_path, uninterrupted, signum: int, group: bool, exit_code: int, ckpt_step: int
 ) -> None:
-    """Two processes on CPU (8 steps an epoch each); Ctrl-C reaches both. Under DDP the first Ctrl-C
-    stops at once, inside step 4, as a second one does in a single process (turned into SIGTERM, it
-    made Lightning broadcast from inside its signal handler, and the run failed in DDP's own broadcast
-    or hung). Per-step rows and numbers are exact; the epoch rows after the resume come a step later."""
+    """Two processes on CPU (8 steps an epoch each), signalled as step 4 starts. SIGTERM, and a first
+    Ctrl-C, stop both ranks after that step, as they stop one process, and the resume ends bit-identical
+    to an uninterrupted run, history included. (With Lightning's own SIGTERM handling, which broadcasts
+    from inside its signal handler, 8 of 10 such runs failed in gloo with "Connection reset by peer" and
+    saved no checkpoint.)"""
     args = [*RESUMABLE, "trainer=ddp_sim"]
     full, stopped = uninterrupted(*args), tmp_path / "stopped"
-    fault = [*SIGNAL, "+callbacks.fault.step=4", "+callbacks.fault.signum=2", "+callbacks.fault.group=true",
-             f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
+    fault = [*SIGNAL, "+callbacks.fault.step=4", f"+callbacks.fault.signum={signum}",
+             f"+callbacks.fault.group={group}", f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
     first = cli(*args, f"hydra.run.dir={stopped}", *fault, new_session=True, timeout=240)
-    assert first.returncode == 130 and "Traceback" not in first.stdout + first.stderr
+    assert first.returncode == exit_code, (first.stdout + first.stderr)[-3000:]
+    assert "Traceback" not in first.stdout + first.stderr
     ckpt = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["global_step"] == 4
-    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == 4
+    assert ckpt["global_step"] == ckpt_step
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == ckpt_step
     resumed = cli(*args, f"hydra.run.dir={stopped}", *fault, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     keys = ["train/loss", "val/auroc", "test/auroc", "test/auprc", "train/g_norm_max", "global_step"]
     assert [metrics(stopped)[k] for k in keys] == [metrics(full)[k] for k in keys]
-    per_step = lambda run: [r for r in history(run) if "train/g_norm" in r]  # noqa: E731
-    assert per_step(stopped) == per_step(full)
+    assert history(stopped) == history(full)
 
 
 @pytest.mark.usefixtures("sigint_reaches_children")
@@ -325,8 +335,6 @@ def test_the_first_ctrl_c_asks_for_a_stop_the_second_interrupts(monkeypatch) -> 
             with pytest.raises(KeyboardInterrupt):
                 os.kill(os.getpid(), signal.SIGINT)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and terms == [signal.SIGTERM]
-        with StopAfterStepOnCtrlC(enabled=False):  # under DDP: Ctrl-C is KeyboardInterrupt at once
-            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, previous)
 
