@@ -180,7 +180,7 @@ class AnomalyAutoEncoder(LightningModule):
     def on_train_epoch_end(self) -> None:
         self.read_back_steps()
         self.log("train/epoch_loss", self.epoch_loss_sum / self.epoch_loss_n, sync_dist=True)
-        self.log("train/g_norm_max", self.g_norm_max)
+        self.log("train/g_norm_max", self.g_norm_max, sync_dist=True)  # equal on all ranks (averaged grads)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called before Lightning clips, so this is the raw norm that clipping then bounds.
@@ -273,9 +273,11 @@ class AnomalyAutoEncoder(LightningModule):
         return self.net.score(x), y
 
     def _log_metrics(self, stage: str, metrics: AnomalyMetrics) -> None:
-        # Computed once over the whole epoch, never per batch (see ``src.metrics``).
+        # Computed once over the whole epoch, never per batch (see ``src.metrics``). Under DDP every rank
+        # already holds the same values (the states are gathered); ``sync_dist`` averages those, which
+        # changes nothing but keeps Lightning from warning, at every epoch, that they are not synced.
         values = metrics.compute()
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=True)
         metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
