@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.fabric.utilities.data import _replace_dunder_methods
+from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
@@ -312,6 +313,39 @@ def test_under_ddp_lightning_swaps_in_its_sampler_and_keeps_ours(fake_emnist) ->
     assert type(updated.batch_sampler) is TensorBatchSampler and updated.batch_sampler.sampler is shard
     seen = torch.cat([x for x, _ in updated])
     assert len(seen) == len(shard) and torch.equal(seen, dm.data_train.x[list(shard)].float() / 255)
+
+
+def _under_ddp(dm: OneClassDataModule, rank: int, ranks: int = 2) -> Trainer:
+    """``dm`` attached to a DDP trainer as rank ``rank`` of ``ranks`` sees it (not launched)."""
+    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    trainer.strategy.cluster_environment.set_world_size(ranks)
+    trainer.strategy.cluster_environment.set_global_rank(rank)
+    dm.trainer = trainer
+    return trainer
+
+
+def test_under_ddp_each_sample_is_scored_on_one_rank_only(fake_emnist) -> None:
+    # Lightning's own sampler would repeat a sample to even out the shares, and the gathered AUROC
+    # would count it twice
+    dm = emnist_dm(fake_emnist[0], eval_batch_size=16)
+    ranks = 4
+    for data, loader_of in ((dm.data_val, dm.val_dataloader), (dm.data_test, dm.test_dataloader)):
+        assert len(data) % ranks != 0  # shares of uneven sizes
+        for rank in range(ranks):
+            trainer = _under_ddp(dm, rank, ranks)
+            loader = loader_of()
+            assert not trainer._data_connector._requires_distributed_sampler(loader)  # kept as it is
+            x, y = map(torch.cat, zip(*loader, strict=True))
+            assert torch.equal(x, data.x[rank::ranks].float() / 255) and torch.equal(y, data.y[rank::ranks])
+    dm.trainer = None
+    assert len(list(dm.val_dataloader())) == math.ceil(len(dm.data_val) / 16)  # one process: every sample
+
+
+def test_under_ddp_a_split_smaller_than_the_ranks_is_refused(fake_emnist) -> None:
+    dm = emnist_dm(fake_emnist[0])
+    _under_ddp(dm, rank=0, ranks=len(dm.data_val) + 1)
+    with pytest.raises(ValueError, match=r"The val split holds \d+ samples, fewer than the \d+ processes"):
+        dm.val_dataloader()
 
 
 def test_worker_processes_give_the_same_batches(fake_emnist) -> None:

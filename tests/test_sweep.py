@@ -232,18 +232,29 @@ def test_optuna_search_returns_the_best_val_auroc(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_sim_trains_in_two_processes(tmp_path: Path) -> None:
+def test_ddp_sim_trains_in_two_processes_and_scores_each_sample_once(tmp_path: Path) -> None:
     env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "src.train", "trainer=ddp_sim", "data=digits", "logger=csv",
-           "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-           f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    run = tmp_path / "run"
+    # anomaly_ratio 0.42: val and test of 195 and 129 samples, shares of uneven sizes on two ranks
+    cmd = [sys.executable, "-m", "src.train", "trainer=ddp_sim", "data=digits", "data.anomaly_ratio=0.42",
+           "logger=csv", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+           f"hydra.run.dir={run}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "train_ddp_process_1.log").is_file()  # the second process ran
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (run / "train_ddp_process_1.log").is_file()  # the second process ran
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and 0 <= metrics["test/auroc"] <= 1
     # the epoch-level values are equal on every rank and logged as synced: no Lightning advice to sync them
     assert "sync_dist=True" not in proc.stdout + proc.stderr
+    # no sample repeated to even out the ranks' shares: the AUROCs are those of one process scoring each once
+    assert "replicates some samples" not in proc.stdout + proc.stderr
+    for stage in ("test", "val"):
+        out = tmp_path / f"eval_{stage}"
+        cmd = [sys.executable, "-m", "src.eval", f"ckpt_path={run}", f"stage={stage}", f"hydra.run.dir={out}"]
+        scored = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert scored.returncode == 0, scored.stderr[-3000:]
+        record = json.loads((out / "eval_metrics.json").read_text())
+        assert record[f"{stage}/auroc"] == pytest.approx(metrics[f"{stage}/auroc"], abs=1e-6)
 
 
 def test_report_logs_a_summary_run_to_wandb(tmp_path: Path, monkeypatch) -> None:

@@ -1,7 +1,6 @@
 """One LightningDataModule for every source: EMNIST (all splits), MNIST, FashionMNIST, KMNIST, the
 bundled digits and MNIST-5k, and the user's own arrays in an .npz file."""
 
-import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -10,6 +9,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
@@ -67,7 +67,7 @@ class TensorBatchSampler(BatchSampler):
     Over a ``RandomSampler`` (``shuffle=True``) or a ``SequentialSampler`` it yields the same batches
     as ``BatchSampler``, from the same random draw, so seeded runs shuffle exactly as with a plain
     ``DataLoader``. Over any other sampler (the ``DistributedSampler`` Lightning puts in under DDP) it
-    batches that sampler's indices.
+    batches that sampler's indices, taken once an epoch.
 
     ``device``: where the indices go, that of the data they index. The permutation is drawn on the CPU
     (so the draw is the same everywhere) and moved once an epoch, not once a batch: on a GPU each
@@ -90,24 +90,19 @@ class TensorBatchSampler(BatchSampler):
     def __iter__(self):
         state, skip = self._resume or (None, 0)
         self._resume = None
-        order = self._order(state)
-        if order is None:
-            for batch in itertools.islice(super().__iter__(), skip, None):
-                yield torch.as_tensor(batch, device=self.device)
-            return
-        batches = order.to(self.device).split(self.batch_size)
+        batches = self._order(state).to(self.device).split(self.batch_size)
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches = batches[:-1]
         yield from batches[skip:]
 
-    def _order(self, state: torch.Tensor | None) -> torch.Tensor | None:
+    def _order(self, state: torch.Tensor | None) -> torch.Tensor:
         """This epoch's order, drawn as ``RandomSampler`` draws it, or from generator ``state``."""
         sampler = self.sampler
         if type(sampler) is SequentialSampler:
             return torch.arange(len(sampler.data_source))
         n = len(sampler.data_source) if type(sampler) is RandomSampler else -1
         if n < 0 or sampler.replacement or sampler.num_samples != n:
-            return None
+            return torch.as_tensor(list(sampler), dtype=torch.int64)
         generator = sampler.generator
         if generator is None:  # as ``RandomSampler.__iter__`` draws it
             generator = torch.Generator()
@@ -159,6 +154,23 @@ class ResumableDataLoader(DataLoader):
         if resuming:  # the stopped run drew that seed at the start of the epoch, before its checkpoint
             torch.set_rng_state(rng)
         yield from iterator
+
+
+class RankShareLoader(DataLoader):
+    """An evaluation ``DataLoader`` over this rank's share of the samples under DDP: each sample is
+    scored on one rank only, so the AUROC gathered over the ranks is that of a one-device run.
+
+    Lightning puts its ``DistributedSampler`` into every loader whose ``sampler`` is not one already,
+    and that sampler repeats up to (ranks - 1) samples so that every rank gets as many. Here the batch
+    sampler draws from an ``UnrepeatedDistributedSampler`` (shares differ by one sample at most), and
+    ``sampler`` names it, so Lightning keeps this loader as it is. Nothing in an evaluation step waits
+    for the other ranks, so a rank may run one batch fewer.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # a DataLoader refuses to have ``sampler`` set once built; it reads it only without a batch sampler
+        object.__setattr__(self, "sampler", self.batch_sampler.sampler)
 
 
 def _as_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -418,6 +430,11 @@ class OneClassDataModule(LightningDataModule):
         # BatchNorm cannot train on a last batch of one sample: drop it then even without drop_last.
         drop_last = shuffle and (self.hparams.drop_last or len(data) % batch_size == 1)
         sampler = RandomSampler(data) if shuffle else SequentialSampler(data)
+        loader_cls = ResumableDataLoader if shuffle else DataLoader
+        ranks = self.trainer.world_size if self.trainer is not None else 1
+        if not shuffle and ranks > 1:
+            sampler = self._rank_share(data, ranks)
+            loader_cls = RankShareLoader
         workers = self.hparams.num_workers
         if shuffle:
             kwargs = {"epoch_position": self._epoch_position}
@@ -429,7 +446,7 @@ class OneClassDataModule(LightningDataModule):
             kwargs = {"generator": torch.Generator()}
         else:
             kwargs = {}
-        return (ResumableDataLoader if shuffle else DataLoader)(
+        return loader_cls(
             data,
             batch_sampler=TensorBatchSampler(sampler, batch_size, drop_last, device=data.x.device),
             collate_fn=_as_batch,
@@ -437,6 +454,18 @@ class OneClassDataModule(LightningDataModule):
             persistent_workers=workers > 0,
             **kwargs,
         )
+
+    def _rank_share(self, data: Dataset, ranks: int) -> UnrepeatedDistributedSampler:
+        if len(data) < ranks:
+            part = "val" if data is self.data_val else "test"
+            raise ValueError(
+                f"The {part} split holds {len(data)} samples, fewer than the {ranks} processes of this "
+                f"run (trainer.devices x trainer.num_nodes): every process scores a share of it and "
+                "needs one sample at least. Fix: use fewer devices, or a larger split "
+                "(data.val_fraction, data.anomaly_ratio)."
+            )
+        rank = self.trainer.global_rank
+        return UnrepeatedDistributedSampler(data, num_replicas=ranks, rank=rank, shuffle=False)
 
     def _epoch_position(self) -> tuple[int, float]:
         """Batches of the current training epoch trained on, and batches in it, by Lightning's count."""
