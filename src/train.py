@@ -19,7 +19,7 @@ from src.callbacks import StopAfterStepOnCtrlC
 from src.cli import quiet_dependency_notices, stop_on
 from src.config import ConfigError, check_config, register_configs
 from src.cuda_check import skip_unloadable_nvml_check
-from src.data.datamodule import NoTrainingBatchError
+from src.data.datamodule import SplitTooSmallError
 from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundError
 from src.instantiate import instantiate_callbacks, instantiate_trainer
 from src.loggers import flat_config, instantiate_loggers, log_summaries
@@ -169,7 +169,7 @@ def main(cfg: DictConfig) -> float | None:
         DatasetNotFoundError,
         CorruptDataError,
         CacheWriteError,
-        NoTrainingBatchError,
+        SplitTooSmallError,
     ) as err:  # a setting or a data file to fix: the message names it and the fix
         stop_on(err, exit_code=2, logger=log)
     except DivergedError as err:

@@ -14,6 +14,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 from src.data.datamodule import (
     NoTrainingBatchError,
     OneClassDataModule,
+    SplitTooSmallError,
     TensorBatchSampler,
     resolve_anomaly_classes,
 )
@@ -344,7 +345,7 @@ def test_under_ddp_each_sample_is_scored_on_one_rank_only(fake_emnist) -> None:
 def test_under_ddp_a_split_smaller_than_the_ranks_is_refused(fake_emnist) -> None:
     dm = emnist_dm(fake_emnist[0])
     _under_ddp(dm, rank=0, ranks=len(dm.data_val) + 1)
-    with pytest.raises(ValueError, match=r"The val split holds \d+ samples, fewer than the \d+ processes"):
+    with pytest.raises(SplitTooSmallError, match=r"The val split holds \d+ samples, fewer than the \d+ proc"):
         dm.val_dataloader()
 
 

@@ -35,7 +35,11 @@ MIN_PER_CLASS = 10
 log = logging.getLogger(__name__)
 
 
-class NoTrainingBatchError(ValueError):
+class SplitTooSmallError(ValueError):
+    """A split, as built, is too small for the run's settings."""
+
+
+class NoTrainingBatchError(SplitTooSmallError):
     """The training split, as built, gives no batch to train on."""
 
 
@@ -458,7 +462,7 @@ class OneClassDataModule(LightningDataModule):
     def _rank_share(self, data: Dataset, ranks: int) -> UnrepeatedDistributedSampler:
         if len(data) < ranks:
             part = "val" if data is self.data_val else "test"
-            raise ValueError(
+            raise SplitTooSmallError(
                 f"The {part} split holds {len(data)} samples, fewer than the {ranks} processes of this "
                 f"run (trainer.devices x trainer.num_nodes): every process scores a share of it and "
                 "needs one sample at least. Fix: use fewer devices, or a larger split "
