@@ -260,26 +260,30 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
 @pytest.mark.slow
 @pytest.mark.usefixtures("sigint_reaches_children")
 @pytest.mark.parametrize(
-    "signum,group,exit_code,ckpt_step",
+    "signum,group,times,exit_code,ckpt_step",
     [
-        (15, False, 143, 5),  # to rank 0, which passes it on to rank 1, as a plain `kill` does
-        (15, True, 143, 5),  # to every rank, as SLURM's preemption does
-        (2, True, 130, 5),  # Ctrl-C: to the whole process group
+        (15, False, 1, 143, 5),  # to rank 0, which passes it on to rank 1, as a plain `kill` does
+        (15, True, 1, 143, 5),  # to every rank, as SLURM's preemption does
+        (2, True, 1, 130, 5),  # Ctrl-C: to the whole process group
+        (2, True, 2, 130, 4),  # Ctrl-C twice: at once, inside step 4
     ],
-    ids=["sigterm-to-rank-0", "sigterm-to-all-ranks", "ctrl-c"],
+    ids=["sigterm-to-rank-0", "sigterm-to-all-ranks", "ctrl-c", "ctrl-c-twice"],
 )
 def test_under_ddp_a_stop_stops_both_ranks_together_and_resumes_to_the_same_numbers(
-    tmp_path, uninterrupted, signum: int, group: bool, exit_code: int, ckpt_step: int
+    tmp_path, uninterrupted, signum: int, group: bool, times: int, exit_code: int, ckpt_step: int
 ) -> None:
     """Two processes on CPU (8 steps an epoch each), signalled as step 4 starts. SIGTERM, and a first
     Ctrl-C, stop both ranks after that step, as they stop one process, and the resume ends bit-identical
     to an uninterrupted run, history included. (With Lightning's own SIGTERM handling, which broadcasts
     from inside its signal handler, 8 of 10 such runs failed in gloo with "Connection reset by peer" and
-    saved no checkpoint.)"""
+    saved no checkpoint.) A second Ctrl-C stops each rank at once, wherever it is; rank 0 saves its state
+    without waiting for the others (5 of 8 runs hung when it waited), and the resume ends with the same
+    numbers and per-step rows (the epoch-level rows come one step later, as in one process)."""
     args = [*RESUMABLE, "trainer=ddp_sim"]
     full, stopped = uninterrupted(*args), tmp_path / "stopped"
     fault = [*SIGNAL, "+callbacks.fault.step=4", f"+callbacks.fault.signum={signum}",
-             f"+callbacks.fault.group={group}", f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
+             f"+callbacks.fault.group={group}", f"+callbacks.fault.times={times}",
+             f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
     first = cli(*args, f"hydra.run.dir={stopped}", *fault, new_session=True, timeout=240)
     assert first.returncode == exit_code, (first.stdout + first.stderr)[-3000:]
     assert "Traceback" not in first.stdout + first.stderr
@@ -290,7 +294,8 @@ def test_under_ddp_a_stop_stops_both_ranks_together_and_resumes_to_the_same_numb
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     keys = ["train/loss", "val/auroc", "test/auroc", "test/auprc", "train/g_norm_max", "global_step"]
     assert [metrics(stopped)[k] for k in keys] == [metrics(full)[k] for k in keys]
-    assert history(stopped) == history(full)
+    per_step = lambda run: [r for r in history(run) if "train/g_norm" in r]  # noqa: E731
+    assert (history(stopped) == history(full)) if times == 1 else (per_step(stopped) == per_step(full))
 
 
 @pytest.mark.usefixtures("sigint_reaches_children")
