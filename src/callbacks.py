@@ -52,12 +52,17 @@ def at_epoch_end(trainer: Trainer) -> bool:
 
 
 class CheckpointOnInterrupt(Callback):
-    """On Ctrl-C (SIGINT) or SIGTERM (a cluster's preemption), save ``<dirpath>/last.ckpt`` before
-    the process exits, so ``ckpt_path=last`` or re-running the job resumes from there.
+    """On Ctrl-C (SIGINT) or SIGTERM (a cluster's preemption), leave in ``<dirpath>/last.ckpt`` the state
+    that ``ckpt_path=last``, or re-running the job, resumes exactly from, before the process exits:
 
-    Except at an epoch's end (``at_epoch_end``), where a resume would skip that epoch's validation:
-    ``last.ckpt`` then stays as it was, the state at the previous validation (or ``every_n_train_steps``
-    save), and the resume repeats the steps since then, exactly as they ran."""
+    - if ``LatestCheckpoint`` saved it at this very step (at the validation ``StopCleanlyOnSigterm``
+      waited for, or every N steps), that save, as it is: saved again after a validation, the resumed
+      run would log the following epoch-level rows one step late;
+    - else, at an epoch's end (``at_epoch_end``: after a second Ctrl-C, or at an epoch without a
+      validation), nothing new, since a resume from there would skip that epoch's validation: it keeps
+      the previous save, and the resume repeats the steps since then, exactly as they ran;
+    - else the state after the step under way (or, after a second Ctrl-C, inside it).
+    """
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
@@ -68,19 +73,23 @@ class CheckpointOnInterrupt(Callback):
         if trainer.state.fn != TrainerFn.FITTING:
             return
         path = self.dirpath / "last.ckpt"
-        if at_epoch_end(trainer):
-            kept = (
-                f"{path} keeps step {_step_of(path)}, and resuming repeats the steps since then"
-                if path.is_file()
-                else "there is no checkpoint yet, and re-running starts over"
-            )
+        if any(
+            isinstance(cb, LatestCheckpoint)
+            and cb.saved_this_step(trainer)
+            and Path(cb.best_model_path) == path
+            for cb in trainer.checkpoint_callbacks
+        ):  # at the validation the stop waited for, or every N steps: what a resume continues exactly from
             if trainer.is_global_zero:
                 log.warning(
-                    "Interrupted at step %d, at an epoch's end, where a resumed run would skip that "
-                    "epoch's validation: no checkpoint saved; %s.",
+                    "Interrupted at step %d: %s holds this step; resume with ckpt_path=last.",
                     trainer.global_step,
-                    kept,
+                    path,
                 )
+            return
+        if at_epoch_end(trainer):
+            if trainer.is_global_zero:
+                step = trainer.global_step
+                log.warning("Interrupted at step %d, at an epoch's end: %s", step, _kept(path, trainer))
             return
         if trainer.world_size > 1 and isinstance(exception, KeyboardInterrupt):
             _save_without_waiting(trainer, path)
@@ -92,36 +101,54 @@ class CheckpointOnInterrupt(Callback):
             )
 
 
+def _kept(path: Path, trainer: Trainer) -> str:
+    """What ``last.ckpt`` holds after a stop at an epoch's end, where none is saved."""
+    step = _step_of(path) if path.is_file() else None
+    kept = (
+        f"{path} keeps step {step}, and resuming repeats the steps since then"
+        if step is not None
+        else "there is no checkpoint yet, and re-running starts over"
+    )
+    return f"a resumed run would skip this epoch's validation, so no checkpoint saved; {kept}."
+
+
 def _save_without_waiting(trainer: Trainer, path: Path) -> None:
     """``trainer.save_checkpoint`` without its closing barrier, for a second Ctrl-C under DDP: it stops
     each rank wherever it is, and a rank still inside a step's collective, or already gone, would never
     meet this one at a barrier (5 of 8 runs hung there). Rank 0 writes its own state, as it always does.
     (If rank 0 itself is inside a collective that a stopped rank left, it fails there instead, with
-    "Connection closed by peer", and ``last.ckpt`` stays as it was: 1 of 20 runs.)"""
+    "Connection closed by peer", and ``last.ckpt`` stays as it was: 1 of 28 runs.)"""
     checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)  # no public way
     trainer.strategy.save_checkpoint(checkpoint, path)
 
 
-class StopRanksTogetherOnSigterm(Callback):
-    """Under DDP, SIGTERM (a cluster's preemption) stops every rank after the same training step, so
-    ``CheckpointOnInterrupt`` saves a checkpoint and the run exits with 143, as in a single process.
+class StopCleanlyOnSigterm(Callback):
+    """SIGTERM (a cluster's preemption; the first Ctrl-C becomes one) stops the run where
+    ``CheckpointOnInterrupt`` or the validation's own checkpoint leaves a state that resumes exactly, and
+    under DDP stops every rank at the same place:
 
-    Lightning 2.6's own handler broadcasts from inside the signal handler, wherever each rank happens to
-    be, and each rank then stops on its own flag, so the ranks' collectives fall out of step
-    (Lightning-AI/pytorch-lightning#20806): on CPU, 8 of 10 runs so stopped failed with "Connection reset
-    by peer" and saved no checkpoint. This handler, put in place of Lightning's, only notes the signal and
-    passes it on to the ranks this process launched, as Lightning's does. At the end of every training step
-    the ranks agree in one all-reduce whether any was signalled; if so, all of them raise Lightning's flag
-    there, and Lightning stops each after that step. A signal during testing only ends the run after it."""
+    - during a training step: after that step;
+    - during a validation, or during the step before one (an epoch's last): after that validation, once
+      ``last.ckpt`` holds it, so the resume repeats nothing (Lightning's own handling stops inside the
+      validation, where no checkpoint resumes exactly, and the resume repeated the whole epoch);
+    - during testing (after training): once the test is done; the run then ends as completed.
+
+    The handler, put in place of Lightning's, only notes the signal and passes it on to the ranks this
+    process launched, as Lightning's does. Under DDP the ranks agree in one all-reduce, at the end of every
+    step and validation, whether any was signalled. Lightning 2.6's handler broadcasts from inside the signal
+    handler instead, wherever each rank happens to be, and each rank then stops on its own flag, so the
+    ranks' collectives fall out of step (Lightning-AI/pytorch-lightning#20806): on CPU, 8 of 10 DDP runs
+    so stopped failed with "Connection reset by peer" and saved no checkpoint."""
 
     def __init__(self) -> None:
         self.signalled = False
+        self._told = False
         self._trainer: Trainer | None = None
 
     def _take_over(self, trainer: Trainer) -> None:
         # Lightning puts its handler in place after ``on_fit_start``; these hooks all come later, and
         # Lightning puts back the handler from before its own when the stage ends.
-        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread():
             self._trainer = trainer
             signal.signal(signal.SIGTERM, self._note)
 
@@ -143,12 +170,29 @@ class StopRanksTogetherOnSigterm(Callback):
                 launcher.kill(signum)  # the ranks this process started, if any
         self.signalled = True
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
-            if self.signalled:
-                log.warning("[rank %d] SIGTERM: all ranks stop after this step.", trainer.global_rank)
-            # Lightning's own flag (no public setter): it then stops after this step, on every rank
+    def _stop_here(self, trainer: Trainer, where: str) -> None:
+        """Raise Lightning's own flag (it has no public setter) if any rank was signalled: Lightning then
+        stops after this step, or, at an epoch's end, after the epoch's end hooks."""
+        signalled = self.signalled
+        if trainer.world_size > 1:
+            signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
+        if signalled and not trainer.received_sigterm:
+            if trainer.is_global_zero and not self._told:
+                log.warning("SIGTERM: stopping after this %s.", where)
+                self._told = True
             trainer._signal_connector.received_sigterm = True
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if self.signalled or trainer.world_size > 1:  # nothing to agree on otherwise
+            self._stop_here(trainer, "step")
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # a stop asked for at the step before: after this validation instead (``on_validation_end``)
+        trainer._signal_connector.received_sigterm = False
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # before ``last.ckpt`` is saved for this validation: Lightning runs checkpoint callbacks last
+        self._stop_here(trainer, "validation")
 
 
 class LatestCheckpoint(ModelCheckpoint):
@@ -159,6 +203,10 @@ class LatestCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         if not at_epoch_end(trainer):
             super().on_train_batch_end(trainer, pl_module, *args)
+
+    def saved_this_step(self, trainer: Trainer) -> bool:
+        """Whether this callback saved at the current step (at a validation, or every N steps)."""
+        return bool(self.best_model_path) and self._last_global_step_saved == trainer.global_step
 
     @property
     def state_key(self) -> str:
@@ -187,7 +235,7 @@ class StopAfterStepOnCtrlC:
 
     It changes nothing where Ctrl-C would not raise ``KeyboardInterrupt`` (a background job that ignores
     SIGINT, a handler someone else set, a thread other than the main one). Under DDP each rank that gets
-    the Ctrl-C turns it into SIGTERM, which ``StopRanksTogetherOnSigterm`` stops all ranks on together.
+    the Ctrl-C turns it into SIGTERM, which ``StopCleanlyOnSigterm`` stops all ranks on together.
     """
 
     def __init__(self) -> None:
@@ -214,5 +262,5 @@ class StopAfterStepOnCtrlC:
         # straight to the file descriptor: logging from a signal handler fails with "reentrant call" when
         # the handler interrupts a write to the same stream
         with contextlib.suppress(OSError):  # no stderr: nothing to tell
-            os.write(2, b"Ctrl-C: stopping after this step (Ctrl-C again: at once).\n")
+            os.write(2, b"Ctrl-C: stopping after this step, or this validation (Ctrl-C again: at once).\n")
         signal.raise_signal(signal.SIGTERM)

@@ -79,22 +79,35 @@ def _first_to_mark(marker: str) -> bool:
 
 class SignalAtStep(Callback):
     """Send ``signum`` (e.g. 15 = SIGTERM, 2 = SIGINT) as training step ``step`` starts, or with
-    ``val_batch`` as that batch of the validation after ``step`` steps starts; ``times`` times in a row,
-    in the first run only (a marker file remembers); to this process, or with ``group`` to its whole
-    process group, DataLoader workers included, as a terminal's Ctrl-C does."""
+    ``val_batch`` as that batch of the validation after ``step`` steps starts, or with ``test_batch`` as
+    that batch of the test after training starts (``step`` unused); ``times`` times in a row, in the first
+    run only (a marker file remembers); to this process, or with ``group`` to its whole process group,
+    DataLoader workers included, as a terminal's Ctrl-C does."""
 
     def __init__(
-        self, step: int, signum: int, marker: str, times: int = 1, group: bool = False, val_batch: int = -1
+        self,
+        step: int,
+        signum: int,
+        marker: str,
+        times: int = 1,
+        group: bool = False,
+        val_batch: int = -1,
+        test_batch: int = -1,
     ) -> None:
         self.step, self.signum, self.marker, self.times = step, signum, marker, times
-        self.group, self.val_batch = group, val_batch
+        self.group, self.val_batch, self.test_batch = group, val_batch, test_batch
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.val_batch < 0:
+        if self.val_batch < 0 and self.test_batch < 0:
             self._send(trainer)
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx == self.val_batch and not trainer.sanity_checking:
+            self._send(trainer)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == self.test_batch:
+            self.step = trainer.global_step
             self._send(trainer)
 
     def _send(self, trainer) -> None:

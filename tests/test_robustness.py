@@ -205,6 +205,9 @@ SIGTERM_IN_VAL = [
     "+callbacks.fault.val_batch=2",
     "+callbacks.fault.signum=15",
 ]
+# the validation half-way through epoch 1 (with trainer.val_check_interval=0.5)
+SIGTERM_IN_MID_EPOCH_VAL = [*SIGNAL, "+callbacks.fault.step=24", "+callbacks.fault.val_batch=2",
+                            "+callbacks.fault.signum=15"]  # fmt: skip
 KILL_AT_20 = ["+callbacks.fault._target_=tests.faults.KillOnce", "+callbacks.fault.step=20"]
 KILL_IN_TEST = ["+callbacks.fault._target_=tests.faults.KillOnceWhileTesting"]  # after the last epoch
 # a last.ckpt every 8 steps: at 8, 24, 40 (not at 16, 32, 48, epochs' last steps, before their validation)
@@ -218,12 +221,23 @@ RAE_WITH_A_WORKER = ["model=rae", "data.num_workers=1", "callbacks.last_checkpoi
         ([], SIGTERM_AT_20, 143, 21),  # preemption: stops after step 20
         (RAE_WITH_A_WORKER, CTRL_C_AT_20, 130, 21),  # the first Ctrl-C stops as SIGTERM does
         (RAE_WITH_A_WORKER, KILL_AT_20, -9, 8),  # killed at 20, resumed from step 8
-        # at an epoch's end no checkpoint is saved: Lightning would resume without its validation
-        pytest.param([], SIGTERM_AT_31, 143, 16, marks=pytest.mark.slow),  # (sigkill covers its rule too)
-        ([], SIGTERM_IN_VAL, 143, 16),
+        # at an epoch's end the stop waits for the validation, whose last.ckpt then holds the epoch
+        pytest.param([], SIGTERM_AT_31, 143, 32, marks=pytest.mark.slow),
+        ([], SIGTERM_IN_VAL, 143, 32),
+        pytest.param(
+            ["+trainer.val_check_interval=0.5"], SIGTERM_IN_MID_EPOCH_VAL, 143, 24, marks=pytest.mark.slow
+        ),
         ([], KILL_IN_TEST, -9, 48),  # the resume only tests, and still records the last epoch's loss
     ],
-    ids=["sigterm", "ctrl-c", "sigkill", "sigterm-at-epoch-end", "sigterm-in-validation", "sigkill-in-test"],
+    ids=[
+        "sigterm",
+        "ctrl-c",
+        "sigkill",
+        "sigterm-at-epoch-end",
+        "sigterm-in-validation",
+        "sigterm-in-mid-epoch-validation",
+        "sigkill-in-test",
+    ],
 )
 def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
     tmp_path: Path, uninterrupted, settings: list, fault: list, exit_code: int, ckpt_step: int
@@ -232,8 +246,8 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
     run finishes that epoch on the batches the uninterrupted run trained on, not on a new shuffle of all
     of them, draws the same random numbers after it (the VAE draws noise every step), and ends
     bit-identical to it, history included: the loggers wrote out the steps before the checkpoint. A stop
-    at an epoch's end (its last step or its validation) saves nothing, and the run resumes from the
-    epoch before, since Lightning would resume from there without that epoch's validation."""
+    at an epoch's end (its last step or its validation) waits for the validation to end, and the run
+    resumes from the checkpoint saved there, repeating nothing."""
     args = [*RESUMABLE, *settings]
     full, stopped = uninterrupted(*args), tmp_path / "stopped"
     fault = [*fault, f"+callbacks.fault.marker={tmp_path / 'marker'}"]
@@ -242,7 +256,7 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
     if exit_code > 0:  # a stop, not a kill: the loader worker must not fail with its parent's stop
         assert "Traceback" not in first.stdout + first.stderr
     if exit_code > 0 and ckpt_step % 16 == 0:  # stopped at an epoch's end: the log names what is kept
-        assert f"no checkpoint saved; {stopped / 'checkpoints' / 'last.ckpt'} keeps step {ckpt_step}" in (
+        assert f"{stopped / 'checkpoints' / 'last.ckpt'} holds this step; resume" in (
             first.stdout + first.stderr
         )
     ckpt = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)
@@ -257,20 +271,41 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
     assert history(stopped) == history(full)
 
 
+def test_a_sigterm_while_testing_lets_the_test_finish_and_the_run_complete(tmp_path, uninterrupted) -> None:
+    """The test after training takes seconds, and a stop inside it would leave nothing to resume but
+    that test: it finishes, and the run ends as completed, with the uninterrupted run's numbers."""
+    full, stopped = uninterrupted(*RESUMABLE), tmp_path / "stopped"
+    fault = [*SIGNAL, "+callbacks.fault.step=-1", "+callbacks.fault.test_batch=1",
+             "+callbacks.fault.signum=15", f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
+    first = cli(*RESUMABLE, f"hydra.run.dir={stopped}", *fault)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert (tmp_path / "marker").exists()  # the signal was sent
+    keys = ["status", "train/loss", "val/auroc", "test/auroc", "test/auprc", "global_step"]
+    assert [metrics(stopped)[k] for k in keys] == [metrics(full)[k] for k in keys]
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("sigint_reaches_children")
 @pytest.mark.parametrize(
-    "signum,group,times,exit_code,ckpt_step",
+    "signum,group,times,val_batch,exit_code,ckpt_step",
     [
-        (15, False, 1, 143, 5),  # to rank 0, which passes it on to rank 1, as a plain `kill` does
-        (15, True, 1, 143, 5),  # to every rank, as SLURM's preemption does
-        (2, True, 1, 130, 5),  # Ctrl-C: to the whole process group
-        (2, True, 2, 130, 4),  # Ctrl-C twice: at once, inside step 4
+        (15, False, 1, -1, 143, 5),  # to rank 0, which passes it on to rank 1, as a plain `kill` does
+        (15, True, 1, -1, 143, 5),  # to every rank, as SLURM's preemption does
+        (2, True, 1, -1, 130, 5),  # Ctrl-C: to the whole process group
+        (2, True, 2, -1, 130, 4),  # Ctrl-C twice: at once, inside step 4
+        (15, False, 1, 1, 143, 8),  # to the first rank at batch 1 of epoch 0's validation: after it
     ],
-    ids=["sigterm-to-rank-0", "sigterm-to-all-ranks", "ctrl-c", "ctrl-c-twice"],
+    ids=["sigterm-to-rank-0", "sigterm-to-all-ranks", "ctrl-c", "ctrl-c-twice", "sigterm-in-validation"],
 )
 def test_under_ddp_a_stop_stops_both_ranks_together_and_resumes_to_the_same_numbers(
-    tmp_path, uninterrupted, signum: int, group: bool, times: int, exit_code: int, ckpt_step: int
+    tmp_path,
+    uninterrupted,
+    signum: int,
+    group: bool,
+    times: int,
+    val_batch: int,
+    exit_code: int,
+    ckpt_step: int,
 ) -> None:
     """Two processes on CPU (8 steps an epoch each), signalled as step 4 starts. SIGTERM, and a first
     Ctrl-C, stop both ranks after that step, as they stop one process, and the resume ends bit-identical
@@ -278,10 +313,13 @@ def test_under_ddp_a_stop_stops_both_ranks_together_and_resumes_to_the_same_numb
     from inside its signal handler, 8 of 10 such runs failed in gloo with "Connection reset by peer" and
     saved no checkpoint.) A second Ctrl-C stops each rank at once, wherever it is; rank 0 saves its state
     without waiting for the others (5 of 8 runs hung when it waited), and the resume ends with the same
-    numbers and per-step rows (the epoch-level rows come one step later, as in one process)."""
+    numbers and per-step rows (the epoch-level rows come one step later, as in one process). A SIGTERM
+    during a validation, to whichever rank gets there first, stops both after it."""
     args = [*RESUMABLE, "trainer=ddp_sim"]
     full, stopped = uninterrupted(*args), tmp_path / "stopped"
-    fault = [*SIGNAL, "+callbacks.fault.step=4", f"+callbacks.fault.signum={signum}",
+    at = ["+callbacks.fault.step=8", f"+callbacks.fault.val_batch={val_batch}"] if val_batch >= 0 else [
+        "+callbacks.fault.step=4"]  # fmt: skip
+    fault = [*SIGNAL, *at, f"+callbacks.fault.signum={signum}",
              f"+callbacks.fault.group={group}", f"+callbacks.fault.times={times}",
              f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
     first = cli(*args, f"hydra.run.dir={stopped}", *fault, new_session=True, timeout=240)
@@ -289,7 +327,9 @@ def test_under_ddp_a_stop_stops_both_ranks_together_and_resumes_to_the_same_numb
     assert "Traceback" not in first.stdout + first.stderr
     ckpt = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == ckpt_step
-    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == ckpt_step
+    assert (
+        ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0].get("batches_done", 0) == ckpt_step % 8
+    )
     resumed = cli(*args, f"hydra.run.dir={stopped}", *fault, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     keys = ["train/loss", "val/auroc", "test/auroc", "test/auprc", "train/g_norm_max", "global_step"]
