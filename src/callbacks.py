@@ -114,10 +114,8 @@ def _kept(path: Path, trainer: Trainer) -> str:
 
 def _save_without_waiting(trainer: Trainer, path: Path) -> None:
     """``trainer.save_checkpoint`` without its closing barrier, for a second Ctrl-C under DDP: it stops
-    each rank wherever it is, and a rank still inside a step's collective, or already gone, would never
-    meet this one at a barrier (5 of 8 runs hung there). Rank 0 writes its own state, as it always does.
-    (If rank 0 itself is inside a collective that a stopped rank left, it fails there instead, with
-    "Connection closed by peer", and ``last.ckpt`` stays as it was: 1 of 28 runs.)"""
+    rank 0 wherever it is, and the other ranks, still training, would never meet it at a barrier (5 of 8
+    runs hung there). Rank 0 writes its own state, as it always does."""
     checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)  # no public way
     trainer.strategy.save_checkpoint(checkpoint, path)
 
@@ -151,6 +149,15 @@ class StopCleanlyOnSigterm(Callback):
         if threading.current_thread() is threading.main_thread():
             self._trainer = trainer
             signal.signal(signal.SIGTERM, self._note)
+        self._absorb(trainer)
+
+    def _absorb(self, trainer: Trainer) -> None:
+        """Take a stop that Lightning's flag holds as this rank's own signal, and lower the flag: the ranks
+        decide together where to stop (``_stop_here``). The flag was raised by Lightning's handler (a
+        SIGTERM before this one took over, while the data was set up) or by ``_stop_here`` at a step's end."""
+        if trainer.received_sigterm:
+            self.signalled = True
+            trainer._signal_connector.received_sigterm = False
 
     def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._take_over(trainer)
@@ -184,11 +191,10 @@ class StopCleanlyOnSigterm(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         if self.signalled or trainer.world_size > 1:  # nothing to agree on otherwise
-            self._stop_here(trainer, "step")
+            self._stop_here(trainer, "step (or, if a validation follows it, after that)")
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # a stop asked for at the step before: after this validation instead (``on_validation_end``)
-        trainer._signal_connector.received_sigterm = False
+        self._absorb(trainer)  # a stop asked for at the step before: after this validation instead
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # before ``last.ckpt`` is saved for this validation: Lightning runs checkpoint callbacks last
@@ -235,11 +241,16 @@ class StopAfterStepOnCtrlC:
 
     It changes nothing where Ctrl-C would not raise ``KeyboardInterrupt`` (a background job that ignores
     SIGINT, a handler someone else set, a thread other than the main one). Under DDP each rank that gets
-    the Ctrl-C turns it into SIGTERM, which ``StopCleanlyOnSigterm`` stops all ranks on together.
+    the Ctrl-C turns it into SIGTERM, which ``StopCleanlyOnSigterm`` stops all ranks on together; the
+    second stops rank 0 only, which saves and then ends the ranks it launched. Were each rank to stop on
+    its own, rank 0 could be left inside a collective that a stopped rank never joins: it then failed
+    with "Connection closed by peer" and saved nothing (3 of 50 runs on CPU), or, waiting at a barrier,
+    hung (5 of 8). Ranks that rank 0 did not launch (torchrun, srun) end at their next collective.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, trainer: Trainer | None = None) -> None:
         self.pressed = False
+        self._trainer = trainer
         self._pid: int | None = None
 
     def __enter__(self) -> "StopAfterStepOnCtrlC":
@@ -257,10 +268,14 @@ class StopAfterStepOnCtrlC:
     def _stop_after_step(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self._pid:  # a DataLoader worker forked with this handler: its parent stops
             return
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C stops at once
+        trainer = self._trainer
+        last_word = trainer is None or trainer.world_size == 1 or trainer.is_global_zero
+        # the next Ctrl-C stops at once (under DDP: rank 0)
+        signal.signal(signal.SIGINT, signal.default_int_handler if last_word else signal.SIG_IGN)
         self.pressed = True
         # straight to the file descriptor: logging from a signal handler fails with "reentrant call" when
         # the handler interrupts a write to the same stream
         with contextlib.suppress(OSError):  # no stderr: nothing to tell
-            os.write(2, b"Ctrl-C: stopping after this step, or this validation (Ctrl-C again: at once).\n")
+            if last_word:
+                os.write(2, b"Ctrl-C: stopping after this step or validation (Ctrl-C again: at once).\n")
         signal.raise_signal(signal.SIGTERM)

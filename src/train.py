@@ -43,7 +43,7 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str, Any]:
-    with StopAfterStepOnCtrlC() as ctrl_c:
+    with StopAfterStepOnCtrlC(trainer) as ctrl_c:
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
         except SystemExit as err:

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import wandb
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from src.callbacks import LatestCheckpoint, StopAfterStepOnCtrlC
+from src.callbacks import LatestCheckpoint, StopAfterStepOnCtrlC, StopCleanlyOnSigterm
 from src.data.datamodule import OneClassDataModule
 from src.data.sources import CorruptDataError
 from src.loggers import ResumableCSVLogger
@@ -361,6 +362,22 @@ def test_a_second_ctrl_c_stops_at_once_and_still_resumes_to_the_same_numbers(
     assert [metrics(stopped)[k] for k in keys] == [metrics(full)[k] for k in keys]
     per_step = lambda run: [r for r in history(run) if "train/g_norm" in r]  # noqa: E731
     assert per_step(stopped) == per_step(full)
+
+
+def test_a_sigterm_lightning_noted_before_the_handler_took_over_still_stops_the_run() -> None:
+    """A SIGTERM while the data loaders are set up reaches Lightning's handler, which raises its flag;
+    the validation that follows must not lose it, but stop after its end."""
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer._signal_connector.received_sigterm = True  # what Lightning's handler leaves
+    stop = StopCleanlyOnSigterm()
+    stop.on_validation_start(trainer, None)
+    assert not trainer.received_sigterm  # no stop inside the validation
+    stop.on_validation_end(trainer, None)
+    assert trainer.received_sigterm  # but one after it
+    quiet = StopCleanlyOnSigterm()
+    quiet.on_validation_start(trainer := Trainer(accelerator="cpu", logger=False), None)
+    quiet.on_validation_end(trainer, None)
+    assert not trainer.received_sigterm  # no signal, no stop
 
 
 def test_the_first_ctrl_c_asks_for_a_stop_the_second_interrupts(monkeypatch) -> None:
