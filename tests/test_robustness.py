@@ -364,6 +364,27 @@ def test_a_second_ctrl_c_stops_at_once_and_still_resumes_to_the_same_numbers(
     assert per_step(stopped) == per_step(full)
 
 
+@pytest.mark.usefixtures("sigint_reaches_children")
+def test_a_second_ctrl_c_in_a_validation_saves_nothing_and_resumes_from_the_epoch_before(
+    tmp_path: Path, uninterrupted
+) -> None:
+    """Two Ctrl-C at batch 2 of epoch 1's validation: the second stops inside it, where a checkpoint
+    would resume without that validation, so last.ckpt keeps epoch 0's (step 16) and the resume
+    repeats epoch 1 to the same numbers."""
+    full, stopped = uninterrupted(*RESUMABLE), tmp_path / "stopped"
+    fault = [*SIGNAL, "+callbacks.fault.step=32", "+callbacks.fault.val_batch=2", "+callbacks.fault.signum=2",
+             "+callbacks.fault.times=2", f"+callbacks.fault.marker={tmp_path / 'marker'}"]  # fmt: skip
+    first = cli(*RESUMABLE, f"hydra.run.dir={stopped}", *fault)
+    assert first.returncode == 130, first.stderr[-2000:]
+    last = stopped / "checkpoints" / "last.ckpt"
+    assert f"no checkpoint saved; {last} keeps step 16" in first.stdout + first.stderr
+    assert torch.load(last, weights_only=False)["global_step"] == 16
+    resumed = cli(*RESUMABLE, f"hydra.run.dir={stopped}", *fault)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    keys = ["train/loss", "val/auroc", "test/auroc", "test/auprc", "train/g_norm_max", "global_step"]
+    assert [metrics(stopped)[k] for k in keys] == [metrics(full)[k] for k in keys]
+
+
 def test_a_sigterm_lightning_noted_before_the_handler_took_over_still_stops_the_run() -> None:
     """A SIGTERM while the data loaders are set up reaches Lightning's handler, which raises its flag;
     the validation that follows must not lose it, but stop after its end."""
