@@ -102,16 +102,16 @@ def check_config(cfg: DictConfig) -> None:
             "diverged run. Use trainer.precision=bf16-mixed (GPUs since Ampere, and CPUs with bfloat16) "
             "or 32-true."
         )
-    problems += _seed_and_length_problems(cfg)
+    problems += _run_setting_problems(cfg)
     problems += _device_problems(cfg.trainer)
     if problems:
         raise ConfigError("Invalid configuration, nothing was run: " + " ".join(problems))
 
 
-def _seed_and_length_problems(cfg: DictConfig) -> list[str]:
-    """The seed, the run's length and its logging and validation cadence, which numpy and Lightning would
-    reject with a traceback (``check_val_every_n_epoch=0``: a division by zero after the first epoch) or
-    take silently (``log_every_n_steps=-1`` logs every step)."""
+def _run_setting_problems(cfg: DictConfig) -> list[str]:
+    """The seed, the run's length, its logging and validation cadence and torch's process-wide settings,
+    which numpy, Lightning and torch would reject with a traceback (``check_val_every_n_epoch=0``: a
+    division by zero after the first epoch) or take silently (``log_every_n_steps=-1`` logs every step)."""
     problems = []
     seed = cfg.get("seed")
     if not (isinstance(seed, int) and 0 <= seed < 2**32):
@@ -135,6 +135,18 @@ def _seed_and_length_problems(cfg: DictConfig) -> list[str]:
         problems.append(
             f"trainer.check_val_every_n_epoch={every!r} is invalid: it must be an integer >= 1 (validation "
             "picks the checkpoint that is tested)."
+        )
+    threads = cfg.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not (isinstance(threads, int) and threads >= 1)):
+        problems.append(
+            f"threads={threads!r} is invalid: it must be the number of CPU threads torch uses (an integer "
+            ">= 1), or null for torch's default."
+        )
+    precision = cfg.get("float32_matmul_precision")
+    if precision is not None and precision not in ("highest", "high", "medium"):
+        problems.append(
+            f"float32_matmul_precision={precision!r} is invalid: it must be 'highest', 'high' (TF32 on "
+            "GPUs that have it), 'medium' or null for torch's default."
         )
     return problems
 

@@ -1,9 +1,12 @@
 """Train one model: ``python -m src.train model=rvae model.n_layers=6 data=digits``."""
 
 import logging
+import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +41,35 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "trainer": {"gradient_clip_val": cfg.trainer.get("gradient_clip_val")},
         "seed": cfg.seed,
+        "torch_threads": torch.get_num_threads(),  # CPU numbers depend on it (float sums' order)
         "provenance": provenance(),
     }
+
+
+@contextmanager
+def torch_settings(cfg: DictConfig) -> Iterator[None]:
+    """The run's process-wide torch settings, ``threads`` and ``float32_matmul_precision``, put back as
+    they were afterwards: jobs of a multirun share one process, and a job that leaves them unset gets
+    torch's defaults, not the previous job's settings.
+
+    ``threads`` also goes into ``OMP_NUM_THREADS`` for the run: Lightning's DDP launcher sets its own
+    count (cores / processes) wherever that variable is unset, and the ranks it starts inherit it."""
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    precision = torch.get_float32_matmul_precision()
+    try:
+        if cfg.get("threads") is not None:
+            torch.set_num_threads(cfg.threads)
+            os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
+        if cfg.get("float32_matmul_precision"):  # "high" allows TF32 on Ampere+ GPUs
+            torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = env
+        torch.set_float32_matmul_precision(precision)
 
 
 def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str, Any]:
@@ -92,11 +122,13 @@ def _exit_130_after_ctrl_c(trainer, err: SystemExit, pressed: bool) -> None:
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit, test the best-``val/auroc`` checkpoint, and write ``metrics.json`` in the output dir."""
-    start = time.perf_counter()
+    with torch_settings(cfg):
+        return _train(cfg, start=time.perf_counter())
+
+
+def _train(cfg: DictConfig, start: float) -> tuple[dict[str, Any], dict[str, Any]]:
     skip_unloadable_nvml_check()  # 0.3-0.5 ms a step on a machine without an NVIDIA driver
     L.seed_everything(cfg.seed, workers=True)
-    if cfg.get("float32_matmul_precision"):  # "high" allows TF32 on Ampere+ GPUs
-        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.check_available()
     ckpt_path = resume_path(cfg)

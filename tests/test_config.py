@@ -37,6 +37,10 @@ BAD_VALUES = [
         "trainer.check_val_every_n_epoch=0",
         "trainer.check_val_every_n_epoch=0 is invalid: it must be an integer >= 1",
     ),
+    ("threads=0", "threads=0 is invalid: it must be the number of CPU threads torch uses"),
+    ("threads=two", "threads='two' is invalid"),
+    ("threads=true", "threads=True is invalid"),
+    ("float32_matmul_precision=tf32", "float32_matmul_precision='tf32' is invalid: it must be 'highest'"),
 ]
 
 
@@ -112,6 +116,8 @@ def test_a_gpu_that_is_not_there_is_named_before_anything_runs(monkeypatch, over
         "trainer.max_steps=0",
         "data.num_workers=2",
         "trainer.log_every_n_steps=0",
+        "threads=1",
+        "float32_matmul_precision=medium",
     ],
 )
 def test_values_at_the_edge_of_the_range_pass(override: str) -> None:

@@ -14,6 +14,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from omegaconf import open_dict
 
+import src.train
 from src.cli import quiet_dependency_notices
 from src.config import ConfigError
 from src.data.datamodule import NoTrainingBatchError
@@ -94,6 +95,34 @@ def test_clipping_can_be_turned_off(make_cfg) -> None:
     assert objects["trainer"].gradient_clip_val is None
 
 
+def test_threads_and_matmul_precision_hold_for_the_run_only(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """A multirun's jobs share a process: a job's ``threads`` and ``float32_matmul_precision`` must not
+    carry over to the next job, which leaves them unset."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    seen = {}
+
+    class Probe(Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            seen.update(threads=torch.get_num_threads(), omp=os.environ.get("OMP_NUM_THREADS"),
+                        precision=torch.get_float32_matmul_precision())  # fmt: skip
+
+    made = src.train.instantiate_callbacks
+    monkeypatch.setattr("src.train.instantiate_callbacks", lambda cfg: [*made(cfg), Probe()])
+    record, _ = train(make_cfg(f"threads={threads + 1}", "float32_matmul_precision=medium"))
+    assert seen == {"threads": threads + 1, "omp": str(threads + 1), "precision": "medium"}
+    assert record["torch_threads"] == threads + 1
+    assert (torch.get_num_threads(), torch.get_float32_matmul_precision()) == (threads, precision)
+    assert "OMP_NUM_THREADS" not in os.environ
+
+    cfg = make_cfg()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "next")
+    record, _ = train(cfg)
+    assert seen == {"threads": threads, "omp": None, "precision": precision}
+    assert record["torch_threads"] == threads
+
+
 def test_wandb_offline_run_logs_the_study_keys(cfg_train) -> None:
     with open_dict(cfg_train):
         cfg_train.logger = {
@@ -118,7 +147,7 @@ def test_wandb_offline_run_logs_the_study_keys(cfg_train) -> None:
     assert run.config["model.n_layers"] == 4 and run.config["data.dataset"] == "digits"
     assert run.config["model.input_dim"] == 64  # from the data
     # each setting once, under its group: not also as Lightning's copy of the module's hparams
-    assert {k for k in run.config if "." not in k} == {"seed", "_wandb"}
+    assert {k for k in run.config if "." not in k} == {"seed", "threads", "_wandb"}
     assert study_keys <= run.summary.keys()
     # how many normals and anomalies each split held, in the summary and in metrics.json
     sizes = objects["datamodule"].split_sizes
