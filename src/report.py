@@ -26,7 +26,7 @@ PUBLISHED_MNIST = {
 COLUMNS = [
     "job", "status", "model", "n_layers", "block", "hidden_dim", "latent_dim", "dataset",
     "anomaly_class", "seed", "gradient_clip_val", "train_loss", "val_auroc", "test_auroc",
-    "test_auprc", "g_norm_max", "test_normal", "test_anomaly", "wall_time_s", "error",
+    "test_auprc", "g_norm_max", "test_normal", "test_anomaly", "wall_time_s", "torch_threads", "error",
 ]  # fmt: skip
 
 
@@ -106,6 +106,7 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
             "test_normal": (m.get("split") or {}).get("test_normal"),  # what test/auroc was computed over
             "test_anomaly": (m.get("split") or {}).get("test_anomaly"),
             "wall_time_s": m.get("wall_time_s"),
+            "torch_threads": m.get("torch_threads"),  # CPU numbers depend on it
             "error": m.get("error") or m.get("reason"),
         }
     )

@@ -211,6 +211,9 @@ def test_joblib_launcher_runs_wandb_jobs_in_parallel(tmp_path: Path, make_cfg) -
     alone, _ = train(make_cfg("model=ae", "threads=1"))
     keys = ("train/loss", "val/auroc", "test/auroc", "train/g_norm_max")
     assert [job[k] for k in keys] == [alone[k] for k in keys] and job["torch_threads"] == 1
+    assert report_main([str(sweep)]) == 0
+    with open(sweep / "results.csv") as f:
+        assert [r["torch_threads"] for r in csv.DictReader(f)] == ["1", "1"]
     # each worker process's runs reach disk whole: the service closes them although the workers live on
     runs = [read_run(p) for p in wandb_files(sweep)]
     assert len(runs) == 2 and all(r.exit_code == 0 and "test/auroc" in r.summary for r in runs)
