@@ -82,7 +82,8 @@ class SignalAtStep(Callback):
     ``val_batch`` as that batch of the validation after ``step`` steps starts, or with ``test_batch`` as
     that batch of the test after training starts (``step`` unused); ``times`` times in a row, in the first
     run only (a marker file remembers); to this process, or with ``group`` to its whole process group,
-    DataLoader workers included, as a terminal's Ctrl-C does."""
+    DataLoader workers included, as a terminal's Ctrl-C does. Under DDP, from whichever rank gets there
+    first, or from rank ``rank`` only."""
 
     def __init__(
         self,
@@ -93,9 +94,10 @@ class SignalAtStep(Callback):
         group: bool = False,
         val_batch: int = -1,
         test_batch: int = -1,
+        rank: int = -1,
     ) -> None:
         self.step, self.signum, self.marker, self.times = step, signum, marker, times
-        self.group, self.val_batch, self.test_batch = group, val_batch, test_batch
+        self.group, self.val_batch, self.test_batch, self.rank = group, val_batch, test_batch, rank
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.val_batch < 0 and self.test_batch < 0:
@@ -111,6 +113,8 @@ class SignalAtStep(Callback):
             self._send(trainer)
 
     def _send(self, trainer) -> None:
+        if self.rank >= 0 and trainer.global_rank != self.rank:
+            return
         if trainer.global_step == self.step and _first_to_mark(self.marker):
             for _ in range(self.times):
                 if self.group:
