@@ -40,7 +40,7 @@ study: $(STAMP) ## All five study sweeps, each with its report, into STUDY_DIR/<
 	  $(PY) -m src.report $$dir || status=1; \
 	done; exit $$status
 
-report: $(STAMP) ## Tables and plots of a sweep: DIR=logs/<task>/multiruns/<time> (ARGS=--wandb to log them)
+report: $(STAMP) ## Tables and plots of a sweep: DIR=logs/<task>/multiruns/<time> (ARGS="--wandb", ARGS="--against <dir>")
 	@test -n "$(DIR)" || { echo "usage: make report DIR=logs/<task>/multiruns/<time>"; exit 2; }
 	$(PY) -m src.report $(DIR) $(ARGS)
 

@@ -1,8 +1,9 @@
 """Aggregate a multirun directory into the study's tables and plots.
 
-``python -m src.report logs/degradation/multiruns/<time> [--wandb]`` reads every job's ``metrics.json``
-(and its ``csv/metrics.csv`` history for curves) and writes ``results.csv``, ``report.md`` and PNG
-plots into that directory. It works on partial or still-running sweeps and says what is missing.
+``python -m src.report logs/degradation/multiruns/<time> [--wandb] [--against <other sweep>]`` reads
+every job's ``metrics.json`` (and its ``csv/metrics.csv`` history for curves) and writes ``results.csv``,
+``report.md`` and PNG plots into that directory. It works on partial or still-running sweeps and says
+what is missing. ``--against`` adds how far its cells are from another sweep of the same settings.
 """
 
 import argparse
@@ -243,7 +244,64 @@ def varies(df: pd.DataFrame, column: str) -> bool:
     return df[column].map(str).nunique() > 1
 
 
-def render(sweep_dir: Path, df: pd.DataFrame, missing: list[str], images: list[str], axes: list[str]) -> str:
+def table_rows(df: pd.DataFrame, axes: list[str]) -> list[str]:
+    """The settings down the tables: the swept ones; without overrides that vary, the first study setting
+    that does."""
+    fallback = ("n_layers", "anomaly_class", "gradient_clip_val")
+    return axes or [next((c for c in fallback if varies(df, c)), "n_layers")]
+
+
+def cell_means(df: pd.DataFrame, row: list[str], value: str) -> pd.Series:
+    """``value``'s mean over the completed jobs of each cell, indexed by the row settings and the model."""
+    done = df[df.status == "completed"]
+    return done.groupby([*row, "model"], dropna=False)[value].mean().dropna()
+
+
+def comparison(df: pd.DataFrame, row: list[str], other: pd.DataFrame, other_row: list[str], name: str) -> str:
+    """How far each cell of this sweep is from the same cell of another sweep of the same settings (another
+    machine, thread count or commit): per quantity, the median and the largest difference."""
+    if other_row != row:
+        raise NoResultsError(
+            f"--against {name}: that sweep varies {other_row}, this one {row}; compare two sweeps that vary "
+            "the same settings (the same experiment, or the same --multirun overrides)."
+        )
+    lines = [
+        f"## Against `{name}`",
+        "Each cell here (mean over seeds, completed jobs) minus the same cell there; the largest difference "
+        "with both values (here / there).",
+        "| quantity | cells in both | median difference | largest difference |",
+        "|---|---|---|---|",
+    ]
+    quantities = (("test AUROC", "test_auroc"), ("best validation AUROC", "val_auroc"),
+                  ("final train loss", "train_loss"))  # fmt: skip
+    for label, value in quantities:
+        here, there = cell_means(df, row, value), cell_means(other, row, value)
+        both = here.index.intersection(there.index)
+        if both.empty:
+            continue
+        diff = here[both] - there[both]
+        at = diff.abs().idxmax()
+        cell = ", ".join(f"{k}={v}" for k, v in zip([*row, "model"], at, strict=True))
+        lines.append(
+            f"| {label} | {len(both)} | {diff.abs().median():.3f} | "
+            f"{diff[at]:+.3f} ({cell}: {here[at]:.3f} / {there[at]:.3f}) |"
+        )
+    if len(lines) == 4:
+        lines.append("| (no cell has completed jobs in both sweeps) | 0 | – | – |")
+    here, there = (set(cell_means(d, row, "test_auroc").index) for d in (df, other))
+    unmatched = [f"{len(here - there)} only here", f"{len(there - here)} only there"] if here ^ there else []
+    notes = [f"Cells with a test AUROC in one sweep only: {', '.join(unmatched)}."] if unmatched else []
+    return "\n\n".join([*lines[:2], "\n".join(lines[2:]), *notes])
+
+
+def render(
+    sweep_dir: Path,
+    df: pd.DataFrame,
+    missing: list[str],
+    images: list[str],
+    axes: list[str],
+    against: str | None = None,
+) -> str:
     counts = df.status.value_counts().to_dict()
     total = len(df) + len(missing)
     parts = [
@@ -252,9 +310,7 @@ def render(sweep_dir: Path, df: pd.DataFrame, missing: list[str], images: list[s
         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         + f"; {len(missing)} missing. Cells: mean ± std over seeds (number of jobs); best per row in bold.",
     ]
-    # the swept settings down the tables; without overrides that vary, the first study setting that does
-    fallback = ("n_layers", "anomaly_class", "gradient_clip_val")
-    row = axes or [next((c for c in fallback if varies(df, c)), "n_layers")]
+    row = table_rows(df, axes)
     if df.status.isin(["completed", "diverged"]).any():
         label = ", ".join(row)
         parts += [f"## Test AUROC per {label}", pivot_table(df, row, "test_auroc")]
@@ -287,6 +343,8 @@ def render(sweep_dir: Path, df: pd.DataFrame, missing: list[str], images: list[s
             ]
     else:
         parts.append("No job has completed yet.")
+    if against:
+        parts.append(against)
     bad = df[df.status != "completed"]
     if len(bad) or missing:
         parts.append("## Jobs without results")
@@ -299,16 +357,30 @@ def render(sweep_dir: Path, df: pd.DataFrame, missing: list[str], images: list[s
     return "\n\n".join(parts) + "\n"
 
 
-def build_report(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str], list[Path]]:
-    """Write ``results.csv``, ``report.md`` and plots into ``sweep_dir``; return what was written."""
-    sweep_dir = Path(sweep_dir).resolve()
-    if not sweep_dir.is_dir():
-        raise NoResultsError(f"{sweep_dir} is not a directory")
+def build_report(
+    sweep_dir: str | Path, against: str | Path | None = None
+) -> tuple[pd.DataFrame, list[str], list[Path]]:
+    """Write ``results.csv``, ``report.md`` and plots into ``sweep_dir``; return what was written. With
+    ``against``, another sweep of the same settings, ``report.md`` also says how far apart their cells are
+    (``comparison``); nothing is written into that sweep."""
+    sweep_dir = _sweep_dir(sweep_dir)
     df, missing, axes = collect(sweep_dir)
+    section = None
+    if against is not None:
+        other, _, other_axes = collect(_sweep_dir(against))
+        section = comparison(df, table_rows(df, axes), other, table_rows(other, other_axes), str(against))
     df.to_csv(sweep_dir / "results.csv", index=False)
     images = plots.make_all(sweep_dir, df, axes)
-    (sweep_dir / "report.md").write_text(render(sweep_dir, df, missing, [p.name for p in images], axes))
+    report = render(sweep_dir, df, missing, [p.name for p in images], axes, section)
+    (sweep_dir / "report.md").write_text(report)
     return df, missing, images
+
+
+def _sweep_dir(path: str | Path) -> Path:
+    path = Path(path).resolve()
+    if not path.is_dir():
+        raise NoResultsError(f"{path} is not a directory")
+    return path
 
 
 def log_to_wandb(sweep_dir: Path, df: pd.DataFrame, images: list[Path]) -> None:
@@ -328,9 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (logs/<task>/multiruns/<time>)")
     parser.add_argument("--wandb", action="store_true", help="also log the table and plots to W&B")
+    parser.add_argument("--against", type=Path, metavar="OTHER_SWEEP_DIR",
+                        help="another sweep of the same settings (another machine, thread count or commit): "
+                        "how far apart their cells are")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        df, missing, images = build_report(args.sweep_dir)
+        df, missing, images = build_report(args.sweep_dir, args.against)
     except NoResultsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

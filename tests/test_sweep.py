@@ -143,6 +143,42 @@ def test_report_tables_on_known_results(tmp_path: Path) -> None:
     assert "model=rae,seed=2`: missing" in report
 
 
+def test_report_against_another_sweep_gives_how_far_apart_the_cells_are(tmp_path: Path, capsys) -> None:
+    """Two sweeps of the same settings (say, two machines): per quantity, the median and the largest
+    difference between their cells, with both values; a sweep of other settings is refused, with this
+    sweep's report left as it was."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    aurocs = {  # (model, n_layers): per seed, here and there
+        ("ae", 1): ([0.80, 0.90], [0.80, 0.90]),
+        ("rae", 1): ([0.70, 0.70], [0.74, 0.74]),
+        ("ae", 2): ([0.60, 0.60], [0.61, 0.61]),
+        ("rae", 2): ([0.50, 0.50], [0.40, 0.40]),
+        ("ae", 3): ([0.90, 0.90], None),  # here only
+    }
+    for (model, n), (a, b) in aurocs.items():
+        for sweep, values in ((here, a), (there, b)):
+            for seed, auroc in enumerate(values or []):
+                overrides = [f"model={model}", f"model.n_layers={n}", f"seed={seed}"]
+                _job(sweep, f"{model}{n}{seed}", overrides, _metrics(model, n, seed, auroc, 10 * auroc))
+    assert report_main([str(here), "--against", str(there)]) == 0
+    section = (here / "report.md").read_text().split(f"## Against `{there}`")[1]
+    # differences 0, -0.04, -0.01, +0.1: median of the four |differences| 0.025, the largest rae at 2
+    assert "| test AUROC | 4 | 0.025 | +0.100 (n_layers=2, model=rae: 0.500 / 0.400) |" in section
+    assert "| final train loss | 4 | 0.250 | +1.000 (n_layers=2, model=rae: 5.000 / 4.000) |" in section
+    assert "Cells with a test AUROC in one sweep only: 1 only here, 0 only there." in section
+
+    other = tmp_path / "other"  # a bottleneck sweep
+    for dim in (2, 4):
+        metrics = _metrics("ae", 1, 0, 0.8, 8.0)
+        metrics["model"]["latent_dim"] = dim
+        _job(other, f"ae{dim}", [f"model.latent_dim={dim}"], metrics)
+    before = (here / "report.md").read_text()
+    capsys.readouterr()
+    assert report_main([str(here), "--against", str(other)]) == 2
+    assert "that sweep varies ['latent_dim'], this one ['n_layers']" in capsys.readouterr().err
+    assert (here / "report.md").read_text() == before
+
+
 def test_report_rows_are_whatever_the_sweep_varied(tmp_path: Path) -> None:
     # a bottleneck sweep: its cells average over seeds only, never over the latent sizes
     sweep = tmp_path / "latent"
