@@ -48,6 +48,10 @@ class NoResultsError(RuntimeError):
     """The directory holds no job of a multirun."""
 
 
+class NotComparableError(NoResultsError):
+    """``--against`` names a sweep that varies other settings."""
+
+
 def expected_jobs(sweep_dir: Path) -> list[frozenset[str]] | None:
     """Every job's overrides as the basic sweeper expands them from ``multirun.yaml``, or None."""
     path = sweep_dir / "multirun.yaml"
@@ -261,7 +265,7 @@ def comparison(df: pd.DataFrame, row: list[str], other: pd.DataFrame, other_row:
     """How far each cell of this sweep is from the same cell of another sweep of the same settings (another
     machine, thread count or commit): per quantity, the median and the largest difference."""
     if other_row != row:
-        raise NoResultsError(
+        raise NotComparableError(
             f"--against {name}: that sweep varies {other_row}, this one {row}; compare two sweeps that vary "
             "the same settings (the same experiment, or the same --multirun overrides)."
         )
@@ -288,8 +292,9 @@ def comparison(df: pd.DataFrame, row: list[str], other: pd.DataFrame, other_row:
         )
     if len(lines) == 4:
         lines.append("| (no cell has completed jobs in both sweeps) | 0 | – | – |")
-    here, there = (set(cell_means(d, row, "test_auroc").index) for d in (df, other))
-    unmatched = [f"{len(here - there)} only here", f"{len(there - here)} only there"] if here ^ there else []
+    cells_here, cells_there = (set(cell_means(d, row, "test_auroc").index) for d in (df, other))
+    only = [len(cells_here - cells_there), len(cells_there - cells_here)]
+    unmatched = [f"{only[0]} only here", f"{only[1]} only there"] if any(only) else []
     notes = [f"Cells with a test AUROC in one sweep only: {', '.join(unmatched)}."] if unmatched else []
     return "\n\n".join([*lines[:2], "\n".join(lines[2:]), *notes])
 
