@@ -1,11 +1,16 @@
-"""What the two entry points, ``src.train`` and ``src.eval``, share: the notices they silence and how
-they stop on an expected failure."""
+"""What the two entry points, ``src.train`` and ``src.eval``, share: the notices they silence, torch's
+process-wide settings for one job, and how they stop on an expected failure."""
 
 import logging
+import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import DictConfig
 
 
 class _DropLightningTips(logging.Filter):
@@ -39,3 +44,29 @@ def stop_on(err: Exception, exit_code: int, logger: logging.Logger) -> None:
     if HydraConfig.get().mode == RunMode.RUN:
         raise SystemExit(exit_code) from None
     raise err
+
+
+@contextmanager
+def torch_settings(cfg: DictConfig) -> Iterator[None]:
+    """The job's process-wide torch settings, ``threads`` and ``float32_matmul_precision``, put back as
+    they were afterwards: jobs of a multirun share one process, and a job that leaves them unset gets
+    torch's defaults, not the previous job's settings.
+
+    ``threads`` also goes into ``OMP_NUM_THREADS`` for the run: Lightning's DDP launcher sets its own
+    count (cores / processes) wherever that variable is unset, and the ranks it starts inherit it."""
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    precision = torch.get_float32_matmul_precision()
+    try:
+        if cfg.get("threads") is not None:
+            torch.set_num_threads(cfg.threads)
+            os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
+        if cfg.get("float32_matmul_precision"):  # "high" allows TF32 on Ampere+ GPUs
+            torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = env
+        torch.set_float32_matmul_precision(precision)

@@ -109,7 +109,7 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _run_setting_problems(cfg: DictConfig) -> list[str]:
-    """The seed, the run's length, its logging and validation cadence and torch's process-wide settings,
+    """The seed, the run's length, its logging and validation cadence, and torch's process-wide settings,
     which numpy, Lightning and torch would reject with a traceback (``check_val_every_n_epoch=0``: a
     division by zero after the first epoch) or take silently (``log_every_n_steps=-1`` logs every step)."""
     problems = []
@@ -136,19 +136,7 @@ def _run_setting_problems(cfg: DictConfig) -> list[str]:
             f"trainer.check_val_every_n_epoch={every!r} is invalid: it must be an integer >= 1 (validation "
             "picks the checkpoint that is tested)."
         )
-    threads = cfg.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not (isinstance(threads, int) and threads >= 1)):
-        problems.append(
-            f"threads={threads!r} is invalid: it must be the number of CPU threads torch uses (an integer "
-            ">= 1), or null for torch's default."
-        )
-    precision = cfg.get("float32_matmul_precision")
-    if precision is not None and precision not in ("highest", "high", "medium"):
-        problems.append(
-            f"float32_matmul_precision={precision!r} is invalid: it must be 'highest', 'high' (TF32 on "
-            "GPUs that have it), 'medium' or null for torch's default."
-        )
-    return problems
+    return problems + torch_setting_problems(cfg)
 
 
 def _device_problems(trainer: DictConfig) -> list[str]:
@@ -170,3 +158,22 @@ def _device_problems(trainer: DictConfig) -> list[str]:
             f"trainer.devices={found} or fewer, or trainer.devices=-1 for all of them."
         ]
     return []
+
+
+def torch_setting_problems(cfg: DictConfig) -> list[str]:
+    """``threads`` and ``float32_matmul_precision`` (``src.train`` and ``src.eval``), which torch would
+    reject with a traceback or, for an unknown precision, only warn about."""
+    problems = []
+    threads = cfg.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not (isinstance(threads, int) and threads >= 1)):
+        problems.append(
+            f"threads={threads!r} is invalid: it must be the number of CPU threads torch uses (an integer "
+            ">= 1), or null for torch's default."
+        )
+    precision = cfg.get("float32_matmul_precision")
+    if precision is not None and precision not in ("highest", "high", "medium"):
+        problems.append(
+            f"float32_matmul_precision={precision!r} is invalid: it must be 'highest', 'high' (TF32 on "
+            "GPUs that have it), 'medium' or null for torch's default."
+        )
+    return problems

@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from src import plots
-from src.cli import quiet_dependency_notices, stop_on
-from src.config import ConfigError
+from src.cli import quiet_dependency_notices, stop_on, torch_settings
+from src.config import ConfigError, torch_setting_problems
 from src.cuda_check import skip_unloadable_nvml_check
 from src.data.datamodule import OneClassDataModule, resolve_anomaly_classes
 from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundError, class_names
@@ -147,6 +147,13 @@ def _log_hardest(by_class: pd.DataFrame, n: int = 5) -> None:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.stage``'s split with the checkpoint's model; write the record, scores and plots."""
+    if problems := torch_setting_problems(cfg):
+        raise ConfigError("Invalid configuration, nothing was run: " + " ".join(problems))
+    with torch_settings(cfg):
+        return _evaluate(cfg)
+
+
+def _evaluate(cfg: DictConfig) -> dict[str, Any]:
     skip_unloadable_nvml_check()
     checkpoint = _checkpoint_to_score(cfg)
     saved, changed = data_settings(cfg, checkpoint)
@@ -186,6 +193,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "data": settings,
         "data_changed": changed,
         "model": dict(model.hparams),
+        "torch_threads": torch.get_num_threads(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "provenance": provenance(),
     }
     write_json_atomic(out / EVAL_FILE, record)

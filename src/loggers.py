@@ -198,9 +198,11 @@ def instantiate_loggers(cfg: DictConfig, start_step: int = 0) -> list[Logger]:
 
 def flat_config(cfg: DictConfig, input_dim: int) -> dict[str, Any]:
     """The run's settings as flat ``model.n_layers``-style keys, for loggers to plot against, with the
-    input size the data gave the model as ``model.input_dim``, and ``seed`` and ``threads``."""
+    input size the data gave the model as ``model.input_dim``, and ``seed``, ``threads`` and
+    ``float32_matmul_precision``."""
     groups = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "trainer")}
-    return _flatten(groups) | {"model.input_dim": input_dim, "seed": cfg.seed, "threads": cfg.get("threads")}
+    top = {k: cfg.get(k) for k in ("seed", "threads", "float32_matmul_precision")}
+    return _flatten(groups) | {"model.input_dim": input_dim} | top
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

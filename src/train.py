@@ -1,12 +1,9 @@
 """Train one model: ``python -m src.train model=rvae model.n_layers=6 data=digits``."""
 
 import logging
-import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from src.callbacks import StopAfterStepOnCtrlC
-from src.cli import quiet_dependency_notices, stop_on
+from src.cli import quiet_dependency_notices, stop_on, torch_settings
 from src.config import ConfigError, check_config, register_configs
 from src.cuda_check import skip_unloadable_nvml_check
 from src.data.datamodule import SplitTooSmallError
@@ -42,34 +39,9 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
         "trainer": {"gradient_clip_val": cfg.trainer.get("gradient_clip_val")},
         "seed": cfg.seed,
         "torch_threads": torch.get_num_threads(),  # CPU numbers depend on it (float sums' order)
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),  # "medium": bf16 matmuls
         "provenance": provenance(),
     }
-
-
-@contextmanager
-def torch_settings(cfg: DictConfig) -> Iterator[None]:
-    """The run's process-wide torch settings, ``threads`` and ``float32_matmul_precision``, put back as
-    they were afterwards: jobs of a multirun share one process, and a job that leaves them unset gets
-    torch's defaults, not the previous job's settings.
-
-    ``threads`` also goes into ``OMP_NUM_THREADS`` for the run: Lightning's DDP launcher sets its own
-    count (cores / processes) wherever that variable is unset, and the ranks it starts inherit it."""
-    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    precision = torch.get_float32_matmul_precision()
-    try:
-        if cfg.get("threads") is not None:
-            torch.set_num_threads(cfg.threads)
-            os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
-        if cfg.get("float32_matmul_precision"):  # "high" allows TF32 on Ampere+ GPUs
-            torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        if env is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = env
-        torch.set_float32_matmul_precision(precision)
 
 
 def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from torchvision.datasets import EMNIST
 
+import src.eval
 from src.config import ConfigError
 from src.data.sources import load_digits
 from src.eval import BY_CLASS_FILE, EVAL_FILE, SCORES_FILE, evaluate, scores_by_class
@@ -162,6 +163,31 @@ def test_a_moved_run_directory_still_finds_its_best_checkpoint(trained, tmp_path
     assert result["checkpoint"] == str(moved / "checkpoints" / Path(record["best_checkpoint"]).name)
 
 
+def test_threads_and_matmul_precision_hold_while_scoring_only(trained, tmp_path: Path, monkeypatch) -> None:
+    """``threads`` and ``float32_matmul_precision`` apply as in training, are recorded, and are put back
+    afterwards (a --multirun's evaluations share one process)."""
+    run_dir, _, _ = trained
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    seen = {}
+    score = src.eval._score
+
+    def probe(*args):
+        seen.update(threads=torch.get_num_threads(), precision=torch.get_float32_matmul_precision())
+        return score(*args)
+
+    monkeypatch.setattr("src.eval._score", probe)
+    cfg = eval_cfg(
+        tmp_path, f"ckpt_path={run_dir}", f"threads={threads + 1}", "float32_matmul_precision=medium"
+    )
+    result = evaluate(cfg)
+    assert seen == {"threads": threads + 1, "precision": "medium"}
+    assert json.loads((tmp_path / EVAL_FILE).read_text())["torch_threads"] == threads + 1
+    assert (result["torch_threads"], result["float32_matmul_precision"]) == (threads + 1, "medium")
+    assert (torch.get_num_threads(), torch.get_float32_matmul_precision()) == (threads, precision)
+    assert "OMP_NUM_THREADS" not in os.environ
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
@@ -171,6 +197,8 @@ def test_a_moved_run_directory_still_finds_its_best_checkpoint(trained, tmp_path
         (["data.dataset=mnist"], "data.dataset=mnist gives 784 inputs per sample"),
         (["data.anomaly_ratio=1.5"], "data.anomaly_ratio=1.5 is invalid"),
         (["trainer=ddp_sim"], "src.eval scores on one device"),
+        (["threads=0"], "threads=0 is invalid"),
+        (["float32_matmul_precision=fast"], "float32_matmul_precision='fast' is invalid"),
     ],
 )
 def test_bad_settings_are_named(trained, tmp_path: Path, overrides: list[str], message: str) -> None:

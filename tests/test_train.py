@@ -111,7 +111,7 @@ def test_threads_and_matmul_precision_hold_for_the_run_only(make_cfg, tmp_path: 
     monkeypatch.setattr("src.train.instantiate_callbacks", lambda cfg: [*made(cfg), Probe()])
     record, _ = train(make_cfg(f"threads={threads + 1}", "float32_matmul_precision=medium"))
     assert seen == {"threads": threads + 1, "omp": str(threads + 1), "precision": "medium"}
-    assert record["torch_threads"] == threads + 1
+    assert (record["torch_threads"], record["float32_matmul_precision"]) == (threads + 1, "medium")
     assert (torch.get_num_threads(), torch.get_float32_matmul_precision()) == (threads, precision)
     assert "OMP_NUM_THREADS" not in os.environ
 
@@ -120,7 +120,7 @@ def test_threads_and_matmul_precision_hold_for_the_run_only(make_cfg, tmp_path: 
         cfg.paths.output_dir = str(tmp_path / "next")
     record, _ = train(cfg)
     assert seen == {"threads": threads, "omp": None, "precision": precision}
-    assert record["torch_threads"] == threads
+    assert (record["torch_threads"], record["float32_matmul_precision"]) == (threads, precision)
 
 
 def test_wandb_offline_run_logs_the_study_keys(cfg_train) -> None:
@@ -147,7 +147,12 @@ def test_wandb_offline_run_logs_the_study_keys(cfg_train) -> None:
     assert run.config["model.n_layers"] == 4 and run.config["data.dataset"] == "digits"
     assert run.config["model.input_dim"] == 64  # from the data
     # each setting once, under its group: not also as Lightning's copy of the module's hparams
-    assert {k for k in run.config if "." not in k} == {"seed", "threads", "_wandb"}
+    assert {k for k in run.config if "." not in k} == {
+        "seed",
+        "threads",
+        "float32_matmul_precision",
+        "_wandb",
+    }
     assert study_keys <= run.summary.keys()
     # how many normals and anomalies each split held, in the summary and in metrics.json
     sizes = objects["datamodule"].split_sizes
