@@ -42,6 +42,15 @@ KNOWN_AXES = {
     "model.block": "block",
 }
 NOT_AXES = {"model", "seed"}  # models are the tables' columns; seeds are what a cell averages over
+# what ``--against`` compares: label, results.csv column, number format
+COMPARED = (
+    ("test AUROC", "test_auroc", ".3f"),
+    ("best validation AUROC", "val_auroc", ".3f"),
+    ("final train loss", "train_loss", ".3f"),
+    ("max train/g_norm", "g_norm_max", ".4g"),
+    ("max train/g_norm from the second epoch on", "g_norm_max_late", ".4g"),
+    ("median train/g_norm from the second epoch on", "g_norm_median_late", ".4g"),
+)
 
 
 class NoResultsError(RuntimeError):
@@ -276,9 +285,9 @@ def comparison(df: pd.DataFrame, row: list[str], other: pd.DataFrame, other_row:
         "| quantity | cells in both | median difference | largest difference |",
         "|---|---|---|---|",
     ]
-    quantities = (("test AUROC", "test_auroc"), ("best validation AUROC", "val_auroc"),
-                  ("final train loss", "train_loss"))  # fmt: skip
-    for label, value in quantities:
+    for label, value, fmt in COMPARED:
+        if value not in df or value not in other:
+            continue  # g_norm from the second epoch on: only where a job has a CSV history
         here, there = cell_means(df, row, value), cell_means(other, row, value)
         both = here.index.intersection(there.index)
         if both.empty:
@@ -287,8 +296,8 @@ def comparison(df: pd.DataFrame, row: list[str], other: pd.DataFrame, other_row:
         at = diff.abs().idxmax()
         cell = ", ".join(f"{k}={v}" for k, v in zip([*row, "model"], at, strict=True))
         lines.append(
-            f"| {label} | {len(both)} | {diff.abs().median():.3f} | "
-            f"{diff[at]:+.3f} ({cell}: {here[at]:.3f} / {there[at]:.3f}) |"
+            f"| {label} | {len(both)} | {diff.abs().median():{fmt}} | "
+            f"{diff[at]:+{fmt}} ({cell}: {here[at]:{fmt}} / {there[at]:{fmt}}) |"
         )
     if len(lines) == 4:
         lines.append("| (no cell has completed jobs in both sweeps) | 0 | – | – |")

@@ -159,12 +159,14 @@ def test_report_against_another_sweep_gives_how_far_apart_the_cells_are(tmp_path
         for sweep, values in ((here, a), (there, b)):
             for seed, auroc in enumerate(values or []):
                 overrides = [f"model={model}", f"model.n_layers={n}", f"seed={seed}"]
-                _job(sweep, f"{model}{n}{seed}", overrides, _metrics(model, n, seed, auroc, 10 * auroc))
+                metrics = _metrics(model, n, seed, auroc, 10 * auroc) | {"train/g_norm_max": 100 * auroc}
+                _job(sweep, f"{model}{n}{seed}", overrides, metrics)
     assert report_main([str(here), "--against", str(there)]) == 0
     section = (here / "report.md").read_text().split(f"## Against `{there}`")[1]
     # differences 0, -0.04, -0.01, +0.1: median of the four |differences| 0.025, the largest rae at 2
     assert "| test AUROC | 4 | 0.025 | +0.100 (n_layers=2, model=rae: 0.500 / 0.400) |" in section
     assert "| final train loss | 4 | 0.250 | +1.000 (n_layers=2, model=rae: 5.000 / 4.000) |" in section
+    assert "| max train/g_norm | 4 | 2.5 | +10 (n_layers=2, model=rae: 50 / 40) |" in section
     assert "Cells with a test AUROC in one sweep only: 1 only here, 0 only there." in section
 
     other = tmp_path / "other"  # a bottleneck sweep
@@ -408,9 +410,8 @@ def test_a_per_digit_sweep_on_mnist_sits_beside_the_study(tmp_path: Path, datase
     assert "beside the study" not in (sweep / "report.md").read_text()
 
 
-def test_a_clipping_sweep_reports_g_norm_after_the_first_epoch(tmp_path: Path) -> None:
-    sweep = tmp_path / "clip"
-    for clip, spike in (("null", 50.0), ("1.0", 5.0)):
+def _clipping_sweep(sweep: Path, spike_without_clipping: float) -> None:
+    for clip, spike in (("null", spike_without_clipping), ("1.0", 5.0)):
         for seed in (0, 1):
             metrics = _metrics("rae", 20, seed, 0.9, 1.0)
             metrics["trainer"]["gradient_clip_val"] = None if clip == "null" else 1.0
@@ -425,6 +426,11 @@ def test_a_clipping_sweep_reports_g_norm_after_the_first_epoch(tmp_path: Path) -
                 + "".join(f"{e},{s},{g},1.0,\n" for e, s, g in rows)
                 + "2,5,,,0.9\n"  # an epoch-end row without a step value
             )
+
+
+def test_a_clipping_sweep_reports_g_norm_after_the_first_epoch(tmp_path: Path) -> None:
+    sweep = tmp_path / "clip"
+    _clipping_sweep(sweep, spike_without_clipping=50.0)
     df, _, _ = build_report(sweep)
     report = (sweep / "report.md").read_text()
     overall = report.split("## Max train/g_norm per gradient_clip_val")[1].split("##")[0]
@@ -435,3 +441,12 @@ def test_a_clipping_sweep_reports_g_norm_after_the_first_epoch(tmp_path: Path) -
     late_median = report.split("## Median train/g_norm from the second epoch on")[1].split("##")[0]
     assert "| null | 2.750 ± 0.354 (2) |" in late_median  # median of 1, 2, 3 (+seed) and the spike
     assert df.g_norm_max_late.tolist() == [5.0, 6.0, 50.0, 51.0]
+
+    # against a sweep whose unclipped spike was lower: the g_norm statistics are compared cell by cell
+    _clipping_sweep(tmp_path / "there", spike_without_clipping=40.0)
+    build_report(sweep, against=tmp_path / "there")
+    section = (sweep / "report.md").read_text().split("## Against")[1]
+    assert "| max train/g_norm | 2 | 0 | +0 (gradient_clip_val=1, model=rae: 100.5 / 100.5) |" in section
+    late = "| max train/g_norm from the second epoch on | 2 | 5 | +10 (gradient_clip_val=null, model=rae: "
+    assert late + "50.5 / 40.5) |" in section
+    assert "| median train/g_norm from the second epoch on | 2 | 0 |" in section
