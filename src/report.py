@@ -3,7 +3,8 @@
 ``python -m src.report logs/degradation/multiruns/<time> [--wandb] [--against <other sweep>]`` reads
 every job's ``metrics.json`` (and its ``csv/metrics.csv`` history for curves) and writes ``results.csv``,
 ``report.md`` and PNG plots into that directory. It works on partial or still-running sweeps and says
-what is missing. ``--against`` adds how far its cells are from another sweep of the same settings.
+what is missing. Residual models are paired with their plain twins seed by seed (``src.paired``).
+``--against`` adds how far its cells are from another sweep of the same settings.
 """
 
 import argparse
@@ -15,7 +16,7 @@ import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
-from src import plots
+from src import paired, plots
 from src.results import METRICS_FILE, read_metrics
 
 # The study's RVAE/VAE table (MNIST, each digit 0..9 held out in turn), by our model names.
@@ -355,6 +356,7 @@ def render(
                 "## Test AUROC per held-out digit on MNIST-5k, beside the study's figures on all of MNIST",
                 published_table(df),
             ]
+        parts += paired.section(df, row)
     else:
         parts.append("No job has completed yet.")
     if against:

@@ -1,3 +1,5 @@
+import hydra
+import lightning as L
 import pytest
 import torch
 
@@ -5,6 +7,7 @@ from src.models.components.autoencoder import AutoEncoder
 from src.models.components.backbone import OriginalBlock, PreActBlock, ResidualMLP
 from src.models.components.loss import autoencoder_loss, gaussian_kl, reconstruction_error
 from src.models.module import AnomalyAutoEncoder
+from tests.conftest import compose_train
 
 VARIANTS = {  # name: (residual, variational)
     "ae": (False, False),
@@ -167,3 +170,16 @@ def test_fast_attribute_setting_still_registers_parameters_modules_and_buffers()
     model.extra = None
     model.extra = torch.nn.Linear(2, 2)
     assert "extra" in dict(model.named_children()) and "extra" not in vars(model)
+
+
+@pytest.mark.parametrize("plain,residual", [("ae", "rae"), ("vae", "rvae")])
+def test_a_seed_gives_residual_and_plain_models_the_same_initial_weights(plain: str, residual: str) -> None:
+    """What the report's pairing by seed rests on: the skip is the only difference between the two."""
+    weights = []
+    for name in (plain, residual):
+        L.seed_everything(3)
+        weights.append(
+            hydra.utils.instantiate(compose_train([f"model={name}"]).model, input_dim=64).state_dict()
+        )
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

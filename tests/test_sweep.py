@@ -181,6 +181,53 @@ def test_report_against_another_sweep_gives_how_far_apart_the_cells_are(tmp_path
     assert (here / "report.md").read_text() == before
 
 
+def test_report_pairs_residual_and_plain_models_by_seed(tmp_path: Path) -> None:
+    """RAE minus AE per cell over the seeds both completed: the mean, a 95 % t-interval (t(0.975, 2) =
+    4.303 for 3 seeds), better or worse only where the interval is clear of 0 (lower train loss is
+    better), the same for every seed, or a single seed."""
+    sweep = tmp_path / "sweep"
+    aurocs = {  # n_layers: (AE per seed, RAE per seed)
+        0: ([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]),  # no hidden unit: the same model
+        1: ([0.5, 0.5, 0.5], [0.6, 0.7, 0.8]),  # +0.1, +0.2, +0.3: mean 0.2, std 0.1
+        2: ([0.5, 0.5, 0.5], [0.60, 0.61, 0.62]),  # mean 0.11, std 0.01
+        3: ([0.5], [0.4, 0.9]),  # one seed both completed
+    }
+    for n, (ae, rae) in aurocs.items():
+        for model, values in (("ae", ae), ("rae", rae)):
+            for seed, auroc in enumerate(values):
+                loss = 5.0 - (model == "rae") * (n > 0)  # RAE's loss 1 lower at every seed from depth 1
+                _job(sweep, f"{model}{n}{seed}", [f"model={model}", f"model.n_layers={n}", f"seed={seed}"],
+                     _metrics(model, n, seed, auroc, loss))  # fmt: skip
+    _job(sweep, "vae10", ["model=vae", "model.n_layers=1", "seed=0"], _metrics("vae", 1, 0, 0.9, 1.0))
+    build_report(sweep)
+    report = (sweep / "report.md").read_text()
+    assert "RVAE against VAE" not in report  # no RVAE to pair the VAE with
+    table = report.split("## RAE against AE, paired by seed")[1].split("##")[0]
+    assert "| n_layers | test AUROC, RAE − AE | RAE | final train loss, RAE − AE | RAE |" in table
+    assert "| 0 | +0.000 [+0.000, +0.000] (3) | same | +0.000 [+0.000, +0.000] (3) | same |" in table
+    half = 4.303 * 0.1 / 3**0.5  # 0.248
+    assert f"| 1 | +0.200 [{0.2 - half:+.3f}, {0.2 + half:+.3f}] (3) | within noise | " in table
+    assert "| 2 | +0.110 [+0.085, +0.135] (3) | better | -1.000 [-1.000, -1.000] (3) | better |" in table
+    assert "| 3 | -0.100 (1) | one seed | -1.000 (1) | one seed |" in table
+    counts = "better in {} of 4 cells, worse in 0, within noise in {}, same in 1, one seed in 1."
+    assert "test AUROC: RAE " + counts.format(1, 1) in table
+    assert "final train loss: RAE " + counts.format(2, 0) in table
+
+
+def test_report_pairs_models_over_the_held_out_classes(tmp_path: Path) -> None:
+    # per class one seed each; over the classes, the differences +0.1, +0.2, +0.3: mean 0.2, std 0.1
+    sweep = tmp_path / "classes"
+    for digit, diff in ((0, 0.1), (1, 0.2), (2, 0.3)):
+        for model, auroc in (("vae", 0.5), ("rvae", 0.5 + diff)):
+            metrics = _metrics(model, 4, 0, auroc, 1.0)
+            metrics["data"]["anomaly_class"] = digit
+            _job(sweep, f"{model}{digit}", [f"model={model}", f"data.anomaly_class={digit}"], metrics)
+    build_report(sweep)
+    table = (sweep / "report.md").read_text().split("## RVAE against VAE, paired by seed")[1].split("##")[0]
+    assert "| 1 | +0.200 (1) | one seed |" in table
+    assert "| mean over classes | +0.200 [-0.048, +0.448] (3 classes) | within noise |" in table
+
+
 def test_report_rows_are_whatever_the_sweep_varied(tmp_path: Path) -> None:
     # a bottleneck sweep: its cells average over seeds only, never over the latent sizes
     sweep = tmp_path / "latent"

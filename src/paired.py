@@ -1,0 +1,110 @@
+"""Residual against plain model, paired by seed: the numbers behind the study's claims.
+
+A seed gives AE and RAE (and VAE and RVAE) of the same depth the same initial weights, the same batches
+and the same noise (they hold the same parameters; only the skip differs), so the per-seed difference
+is the effect of the skip, with the seed-to-seed spread that both share taken out. Per cell of a sweep:
+the mean difference over the seeds both models completed, and a 95 % t-interval on it.
+"""
+
+import math
+
+import pandas as pd
+from scipy import stats
+
+# (residual model, plain model, what to compare: (label, results.csv column, higher is better), ...)
+PAIRS = (
+    ("rvae", "vae", (("test AUROC", "test_auroc", True),)),
+    ("rae", "ae", (("test AUROC", "test_auroc", True), ("final train loss", "train_loss", False))),
+)
+LEVEL = 0.95
+
+
+def paired_differences(
+    df: pd.DataFrame, row: list[str], residual: str, plain: str, value: str
+) -> pd.DataFrame:
+    """Per cell (``row`` settings): ``residual`` minus ``plain`` on ``value``, paired by seed over the
+    seeds both completed. Columns: the row settings, ``n`` (seeds), ``mean``, and ``low`` and ``high``,
+    the 95 % t-interval (NaN with one seed; ``mean`` itself when every seed gives the same difference)."""
+    columns = [*row, "n", "mean", "low", "high"]
+    done = df[(df.status == "completed") & df.model.isin([residual, plain])]
+    per_seed = done.groupby([*row, "seed", "model"], dropna=False)[value].mean().unstack("model")
+    if residual not in per_seed or plain not in per_seed:
+        return pd.DataFrame(columns=columns)
+    diff = (per_seed[residual] - per_seed[plain]).dropna()
+    cells = [[*keys, *_interval(d)] for keys, d in diff.groupby(level=list(range(len(row))), dropna=False)]
+    return pd.DataFrame(cells, columns=columns)
+
+
+def _interval(values: pd.Series) -> tuple[int, float, float, float]:
+    """Their number, mean, and the 95 % t-interval on the mean (NaN for one value)."""
+    n, mean = len(values), float(values.mean())
+    half = math.nan
+    if n > 1:
+        half = float(stats.t.ppf(0.5 + LEVEL / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
+    return n, mean, mean - half, mean + half
+
+
+def verdict(n: int, low: float, high: float, higher_is_better: bool) -> str:
+    """``better`` or ``worse`` where the interval is clear of 0, ``same`` where every seed gave the same
+    value to both (no hidden unit to skip: ``n_layers=0``), else ``within noise``."""
+    if n < 2:
+        return "one seed"
+    if low == high == 0:
+        return "same"
+    if low > 0 or high < 0:
+        return "better" if (low > 0) == higher_is_better else "worse"
+    return "within noise"
+
+
+def section(df: pd.DataFrame, row: list[str]) -> list[str]:
+    """``report.md``'s paired sections: one table per pair of models the sweep holds, and per quantity
+    a count of the cells where the residual model is better, worse, or within noise."""
+    parts = []
+    for residual, plain, quantities in PAIRS:
+        tables = [paired_differences(df, row, residual, plain, value) for _, value, _ in quantities]
+        if all(t.empty for t in tables):
+            continue
+        big, small = residual.upper(), plain.upper()
+        cells: dict[tuple, list[str]] = {}
+        counts = []
+        for i, ((label, _, higher), t) in enumerate(zip(quantities, tables, strict=True)):
+            said = {"better": 0, "worse": 0, "within noise": 0, "same": 0, "one seed": 0}
+            for c in t.itertuples(index=False):
+                keys, n, mean, low, high = tuple(c[: len(row)]), *c[len(row) :]
+                interval = "" if n < 2 else f" [{low:+.3f}, {high:+.3f}]"
+                said[v := verdict(n, low, high, higher)] += 1
+                cells.setdefault(keys, ["–", ""] * len(quantities))[2 * i : 2 * i + 2] = [
+                    f"{mean:+.3f}{interval} ({n})",
+                    v,
+                ]
+            if row == ["anomaly_class"] and len(t) > 1:  # the study's summary: over the held-out classes
+                n, mean, low, high = _interval(t["mean"])
+                cells.setdefault(("mean over classes",), ["–", ""] * len(quantities))[2 * i : 2 * i + 2] = [
+                    f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] ({n} classes)",
+                    verdict(n, low, high, higher),
+                ]
+            counts.append(
+                f"{label}: {big} better in {said['better']} of {len(t)} cells, worse in {said['worse']}, "
+                f"within noise in {said['within noise']}"
+                + "".join(f", {k} in {said[k]}" for k in ("same", "one seed") if said[k])
+                + "."
+            )
+        header = [", ".join(row)] + [
+            h for label, _, _ in quantities for h in (f"{label}, {big} − {small}", big)
+        ]
+        lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        lines += ["| " + " | ".join([_key(k), *v]) + " |" for k, v in cells.items()]
+        parts += [
+            f"## {big} against {small}, paired by seed",
+            f"Per {', '.join(row)}: {big} minus {small} over the seeds both completed (a seed gives both the "
+            "same initial weights and batches): the mean difference, its 95 % interval (t, n − 1 degrees "
+            "of freedom) and the number of seeds. Better or worse where the interval is clear of 0; each "
+            "cell on its own, not corrected for the number of cells.",
+            "\n".join(lines),
+            " ".join(counts),
+        ]
+    return parts
+
+
+def _key(keys: tuple) -> str:
+    return ", ".join(f"{k:.4g}" if isinstance(k, float) else str(k) for k in keys)
