@@ -296,10 +296,10 @@ def comparison(df: pd.DataFrame, row: list[str], other: pd.DataFrame, other_row:
         diff = here[both] - there[both]
         at = diff.abs().idxmax()
         cell = ", ".join(f"{k}={v}" for k, v in zip([*row, "model"], at, strict=True))
-        lines.append(
-            f"| {label} | {len(both)} | {diff.abs().median():{fmt}} | "
-            f"{diff[at]:+{fmt}} ({cell}: {here[at]:{fmt}} / {there[at]:{fmt}}) |"
-        )
+        largest = f"{diff[at]:+{fmt}} ({cell}: {here[at]:{fmt}} / {there[at]:{fmt}})"
+        if (diff == 0).all():
+            largest = "none: every cell the same to the last digit"
+        lines.append(f"| {label} | {len(both)} | {diff.abs().median():{fmt}} | {largest} |")
     if len(lines) == 4:
         lines.append("| (no cell has completed jobs in both sweeps) | 0 | – | – |")
     cells_here, cells_there = (set(cell_means(d, row, "test_auroc").index) for d in (df, other))

@@ -493,7 +493,7 @@ def test_a_clipping_sweep_reports_g_norm_after_the_first_epoch(tmp_path: Path) -
     _clipping_sweep(tmp_path / "there", spike_without_clipping=40.0)
     build_report(sweep, against=tmp_path / "there")
     section = (sweep / "report.md").read_text().split("## Against")[1]
-    assert "| max train/g_norm | 2 | 0 | +0 (gradient_clip_val=1, model=rae: 100.5 / 100.5) |" in section
+    assert "| max train/g_norm | 2 | 0 | none: every cell the same to the last digit |" in section
     late = "| max train/g_norm from the second epoch on | 2 | 5 | +10 (gradient_clip_val=null, model=rae: "
     assert late + "50.5 / 40.5) |" in section
     assert "| median train/g_norm from the second epoch on | 2 | 0 |" in section
