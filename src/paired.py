@@ -56,37 +56,52 @@ def verdict(n: int, low: float, high: float, higher_is_better: bool) -> str:
     return "within noise"
 
 
-def section(df: pd.DataFrame, row: list[str]) -> list[str]:
-    """``report.md``'s paired sections: one table per pair of models the sweep holds, and per quantity
-    a count of the cells where the residual model is better, worse, or within noise."""
+def paired_table(df: pd.DataFrame, row: list[str]) -> pd.DataFrame:
+    """Every pair and quantity of ``PAIRS`` the sweep holds, a line per cell (``paired.csv``): the models,
+    the quantity (a ``results.csv`` column), the row settings, ``n``, ``mean``, ``low``, ``high``,
+    ``verdict`` and ``over``: ``seeds``, or ``classes`` for the mean over held-out classes (a line of its
+    own)."""
+    lines = []
+    for residual, plain, quantities in PAIRS:
+        for _, value, higher in quantities:
+            t = paired_differences(df, row, residual, plain, value)
+            cells = [(tuple(c[: len(row)]), *c[len(row) :], "seeds") for c in t.itertuples(index=False)]
+            if row == ["anomaly_class"] and len(t) > 1:  # the study's summary: over the held-out classes
+                cells.append((("mean over classes",), *_interval(t["mean"]), "classes"))
+            for keys, n, mean, low, high, over in cells:
+                said = verdict(n, low, high, higher)
+                lines.append({"residual": residual, "plain": plain, "quantity": value,
+                              **dict(zip(row, keys, strict=True)), "n": n, "mean": mean, "low": low,
+                              "high": high, "verdict": said, "over": over})  # fmt: skip
+    columns = ["residual", "plain", "quantity", *row, "n", "mean", "low", "high", "verdict", "over"]
+    return pd.DataFrame(lines, columns=columns)
+
+
+def section(table: pd.DataFrame, row: list[str]) -> list[str]:
+    """``report.md``'s paired sections from ``paired_table``: one table per pair of models, and per
+    quantity a count of the cells where the residual model is better, worse, or within noise."""
     parts = []
     for residual, plain, quantities in PAIRS:
-        tables = [paired_differences(df, row, residual, plain, value) for _, value, _ in quantities]
-        if all(t.empty for t in tables):
+        pair = table[(table.residual == residual) & (table.plain == plain)]
+        if pair.empty:
             continue
         big, small = residual.upper(), plain.upper()
         cells: dict[tuple, list[str]] = {}
         counts = []
-        for i, ((label, _, higher), t) in enumerate(zip(quantities, tables, strict=True)):
-            said = {"better": 0, "worse": 0, "within noise": 0, "same": 0, "one seed": 0}
-            for c in t.itertuples(index=False):
-                keys, n, mean, low, high = tuple(c[: len(row)]), *c[len(row) :]
-                interval = "" if n < 2 else f" [{low:+.3f}, {high:+.3f}]"
-                said[v := verdict(n, low, high, higher)] += 1
-                cells.setdefault(keys, ["–", ""] * len(quantities))[2 * i : 2 * i + 2] = [
-                    f"{mean:+.3f}{interval} ({n})",
-                    v,
+        for i, (label, value, _) in enumerate(quantities):
+            lines = pair[pair.quantity == value]
+            for c in lines.to_dict("records"):
+                interval = "" if c["n"] < 2 else f" [{c['low']:+.3f}, {c['high']:+.3f}]"
+                n = f"{c['n']} classes" if c["over"] == "classes" else str(c["n"])
+                cells.setdefault(tuple(c[k] for k in row), ["–", ""] * len(quantities))[2 * i : 2 * i + 2] = [
+                    f"{c['mean']:+.3f}{interval} ({n})",
+                    c["verdict"],
                 ]
-            if row == ["anomaly_class"] and len(t) > 1:  # the study's summary: over the held-out classes
-                n, mean, low, high = _interval(t["mean"])
-                cells.setdefault(("mean over classes",), ["–", ""] * len(quantities))[2 * i : 2 * i + 2] = [
-                    f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] ({n} classes)",
-                    verdict(n, low, high, higher),
-                ]
+            said = lines[lines.over == "seeds"].verdict.value_counts()
             counts.append(
-                f"{label}: {big} better in {said['better']} of {len(t)} cells, worse in {said['worse']}, "
-                f"within noise in {said['within noise']}"
-                + "".join(f", {k} in {said[k]}" for k in ("same", "one seed") if said[k])
+                f"{label}: {big} better in {said.get('better', 0)} of {said.sum()} cells, worse in "
+                f"{said.get('worse', 0)}, within noise in {said.get('within noise', 0)}"
+                + "".join(f", {k} in {said[k]}" for k in ("same", "one seed") if k in said)
                 + "."
             )
         header = [", ".join(row)] + [
@@ -99,7 +114,7 @@ def section(df: pd.DataFrame, row: list[str]) -> list[str]:
             f"Per {', '.join(row)}: {big} minus {small} over the seeds both completed (a seed gives both the "
             "same initial weights and batches): the mean difference, its 95 % interval (t, n − 1 degrees "
             "of freedom) and the number of seeds. Better or worse where the interval is clear of 0; each "
-            "cell on its own, not corrected for the number of cells.",
+            "cell on its own, not corrected for the number of cells. All in `paired.csv`.",
             "\n".join(lines),
             " ".join(counts),
         ]

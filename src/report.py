@@ -42,6 +42,7 @@ KNOWN_AXES = {
     "model.hidden_dim": "hidden_dim",
     "model.block": "block",
 }
+PAIRED_FILE = "paired.csv"  # src.paired.paired_table
 NOT_AXES = {"model", "seed"}  # models are the tables' columns; seeds are what a cell averages over
 # what ``--against`` compares: label, results.csv column, number format
 COMPARED = (
@@ -316,6 +317,7 @@ def render(
     images: list[str],
     axes: list[str],
     against: str | None = None,
+    pairs: pd.DataFrame | None = None,
 ) -> str:
     counts = df.status.value_counts().to_dict()
     total = len(df) + len(missing)
@@ -356,7 +358,8 @@ def render(
                 "## Test AUROC per held-out digit on MNIST-5k, beside the study's figures on all of MNIST",
                 published_table(df),
             ]
-        parts += paired.section(df, row)
+        if pairs is not None:
+            parts += paired.section(pairs, row)
     else:
         parts.append("No job has completed yet.")
     if against:
@@ -386,8 +389,13 @@ def build_report(
         other, _, other_axes = collect(_sweep_dir(against))
         section = comparison(df, table_rows(df, axes), other, table_rows(other, other_axes), str(against))
     df.to_csv(sweep_dir / "results.csv", index=False)
+    pairs = paired.paired_table(df, table_rows(df, axes))
+    if pairs.empty:  # no pair of models (any longer): no stale table
+        (sweep_dir / PAIRED_FILE).unlink(missing_ok=True)
+    else:
+        pairs.to_csv(sweep_dir / PAIRED_FILE, index=False)
     images = plots.make_all(sweep_dir, df, axes)
-    report = render(sweep_dir, df, missing, [p.name for p in images], axes, section)
+    report = render(sweep_dir, df, missing, [p.name for p in images], axes, section, pairs)
     (sweep_dir / "report.md").write_text(report)
     return df, missing, images
 
@@ -409,6 +417,8 @@ def log_to_wandb(sweep_dir: Path, df: pd.DataFrame, images: list[Path]) -> None:
     with wandb.init(project=project, group=group, name=f"report-{sweep_dir.name}", job_type="report",
                     dir=str(sweep_dir)) as run:  # fmt: skip
         run.log({"results": wandb.Table(dataframe=df.astype(str))})
+        if (sweep_dir / PAIRED_FILE).is_file():
+            run.log({"paired": wandb.Table(dataframe=pd.read_csv(sweep_dir / PAIRED_FILE).astype(str))})
         run.log({p.stem: wandb.Image(str(p)) for p in images})
 
 

@@ -1,10 +1,12 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import wandb
 import yaml
@@ -212,6 +214,16 @@ def test_report_pairs_residual_and_plain_models_by_seed(tmp_path: Path) -> None:
     counts = "better in {} of 4 cells, worse in 0, within noise in {}, same in 1, one seed in 1."
     assert "test AUROC: RAE " + counts.format(1, 1) in table
     assert "final train loss: RAE " + counts.format(2, 0) in table
+    pairs = pd.read_csv(sweep / "paired.csv")  # the same, a line per pair, quantity and cell
+    assert len(pairs) == 8 and set(pairs.quantity) == {"test_auroc", "train_loss"}
+    line = pairs[(pairs.quantity == "test_auroc") & (pairs.n_layers == 2)].iloc[0]
+    assert (line.residual, line.plain, line.n, line.verdict, line.over) == ("rae", "ae", 3, "better", "seeds")
+    assert (line["mean"], line.low, line.high) == pytest.approx((0.11, 0.085, 0.135), abs=5e-4)
+
+    for job in sweep.glob("rae*"):  # the RAE jobs gone: no pair, and no stale paired.csv
+        shutil.rmtree(job)
+    build_report(sweep)
+    assert not (sweep / "paired.csv").exists() and "paired by seed" not in (sweep / "report.md").read_text()
 
 
 def test_report_pairs_models_over_the_held_out_classes(tmp_path: Path) -> None:
@@ -361,7 +373,9 @@ def test_report_logs_a_summary_run_to_wandb(tmp_path: Path, monkeypatch) -> None
     sweep.mkdir()
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(multirun_cfg))
     for n in (1, 2):
-        _job(sweep, f"ae{n}", [f"model.n_layers={n}"], _metrics("ae", n, 0, 0.5 + n / 10, 3.0))
+        for model in ("ae", "rae"):
+            overrides = [f"model={model}", f"model.n_layers={n}"]
+            _job(sweep, f"{model}{n}", overrides, _metrics(model, n, 0, 0.5 + n / 10, 3.0))
     try:
         assert report_main([str(sweep), "--wandb"]) == 0
     finally:
@@ -373,7 +387,8 @@ def test_report_logs_a_summary_run_to_wandb(tmp_path: Path, monkeypatch) -> None
     assert run.exit_code == 0
     logged = {key: value for row in run.history for key, value in row.items()}  # nested keys joined by "."
     assert logged["results._type"] == "table-file" and logged["auroc_vs_depth._type"] == "image-file"
-    for key in ("results", "auroc_vs_depth"):  # the table and the plot are in the run's files
+    assert logged["paired._type"] == "table-file"  # RAE against AE
+    for key in ("results", "paired", "auroc_vs_depth"):  # the tables and the plot are in the run's files
         assert (run_file.parent / "files" / logged[f"{key}.path"]).is_file()
 
 
