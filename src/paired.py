@@ -89,15 +89,15 @@ def section(table: pd.DataFrame, row: list[str]) -> list[str]:
         cells: dict[tuple, list[str]] = {}
         counts = []
         for i, (label, value, _) in enumerate(quantities):
-            lines = pair[pair.quantity == value]
-            for c in lines.to_dict("records"):
+            found = pair[pair.quantity == value]
+            for c in found.to_dict("records"):
                 interval = "" if c["n"] < 2 else f" [{c['low']:+.3f}, {c['high']:+.3f}]"
                 n = f"{c['n']} classes" if c["over"] == "classes" else str(c["n"])
                 cells.setdefault(tuple(c[k] for k in row), ["–", ""] * len(quantities))[2 * i : 2 * i + 2] = [
                     f"{c['mean']:+.3f}{interval} ({n})",
                     c["verdict"],
                 ]
-            said = lines[lines.over == "seeds"].verdict.value_counts()
+            said = found[found.over == "seeds"].verdict.value_counts()
             counts.append(
                 f"{label}: {big} better in {said.get('better', 0)} of {said.sum()} cells, worse in "
                 f"{said.get('worse', 0)}, within noise in {said.get('within noise', 0)}"
