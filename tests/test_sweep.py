@@ -12,6 +12,7 @@ import wandb
 import yaml
 from PIL import Image
 
+from src.claims import main as claims_main
 from src.report import build_report
 from src.report import main as report_main
 from src.train import train
@@ -413,7 +414,7 @@ def test_make_study_runs_each_sweep_then_its_report(tmp_path: Path) -> None:
             f"-m src.train experiment={e} data=digits trainer.max_epochs=30 hydra.sweep.dir={sweep}",
             f"-m src.report {sweep}",
         ]
-    assert lines == expected
+    assert lines == expected + [f"-m src.claims {tmp_path / 'study'} --data digits"]
     plain = _make_study(tmp_path, "echo")  # each experiment's own data and epochs
     assert (
         f"-m src.train experiment=degradation hydra.sweep.dir={tmp_path / 'study' / 'degradation'}"
@@ -425,7 +426,53 @@ def test_make_study_runs_each_sweep_then_its_report(tmp_path: Path) -> None:
     fail.chmod(0o755)
     failing = _make_study(tmp_path, str(fail), "DATA=digits")
     assert failing.returncode != 0
-    assert sum("src." in line for line in failing.stdout.splitlines()) == 2 * len(experiments)
+    assert sum("src." in line for line in failing.stdout.splitlines()) == 2 * len(experiments) + 1
+
+
+def test_claims_say_what_each_study_sweep_shows(tmp_path: Path, capsys) -> None:
+    study = tmp_path / "study"
+    for n, (ae_loss, rae_loss) in enumerate([(1.0, 1.0), (1.0, 0.99), (2.0, 1.0)]):
+        for seed in range(3):  # depth 1: RAE's loss 0.01 lower at every seed; depth 2: 1.0 lower
+            for model, loss, auroc in (("ae", ae_loss, 0.9), ("rae", rae_loss, 0.9 + (seed - 1) / 10)):
+                _job(study / "degradation_digits", f"{model}{n}{seed}",
+                     [f"model={model}", f"model.n_layers={n}", f"seed={seed}"],
+                     _metrics(model, n, seed, auroc if n else 0.9, loss + seed / 100))  # fmt: skip
+    for digit, gain in ((0, 0.1), (1, 0.12), (2, 0.14)):
+        for seed in range(2):
+            for model, auroc in (("vae", 0.7), ("rvae", 0.7 + gain + seed / 100)):
+                metrics = _metrics(model, 4, seed, auroc, 1.0)
+                metrics["data"]["anomaly_class"] = digit
+                overrides = [f"model={model}", f"data.anomaly_class={digit}", f"seed={seed}"]
+                _job(study / "rvae_vs_vae_digits", f"{model}{digit}{seed}", overrides, metrics)
+    _clipping_sweep(study / "grad_explosion_digits", spike_without_clipping=50.0)
+    (study / "bottleneck_digits").mkdir()  # started, no job yet
+
+    assert claims_main([str(study), "--data", "digits"]) == 0
+    text = (study / "claims_digits.md").read_text()
+    assert text == capsys.readouterr().out.rstrip("\n") + "\n"
+    rows = {
+        line.split(" | ")[0][2:]: line.split(" | ")[2] for line in text.splitlines() if line.startswith("| ")
+    }
+    loss = rows["plain AEs degrade with depth, residual ones do not: final train loss"]
+    assert loss == ("AE 1.010 at its best (n_layers 0), 2.010 at n_layers 2; RAE better at n_layers 1, 2 "
+                    "(by 0.010 to 1.000); same at n_layers 0 |")  # fmt: skip
+    auroc = rows["plain AEs degrade with depth, residual ones do not: test AUROC"]
+    assert "RAE better nowhere; within noise at n_layers 1, 2; same at n_layers 0" in auroc
+    assert rows["RVAE beats VAE on AUROC, across depths"] == "not run (no rvae_vs_vae_depth_digits/) |"
+    per_class = rows["RVAE beats VAE on AUROC, per held-out class"]
+    assert per_class.startswith(
+        "RVAE better at anomaly_class 0-2 (by 0.105 to 0.145); over the 3 classes +0.125 ["
+    )
+    assert per_class.endswith("]: better |")
+    explosion = rows["clipping stops the gradient explosion"]
+    assert "clip 1: max g_norm from epoch 2 5 to 6 over 2 seeds" in explosion
+    assert "clip null: max g_norm from epoch 2 50 to 51 over 2 seeds" in explosion
+    assert (
+        rows["a wide bottleneck hurts the AE, not the VAE"] == "not run (bottleneck_digits/ holds no job) |"
+    )
+
+    assert claims_main([str(tmp_path / "nowhere")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
