@@ -141,6 +141,9 @@ def claims(study_dir: Path, data: str | None = None) -> str:
             found[experiment] = "no completed job yet"
             continue
         row = table_rows(df, axes)
+        if len(row) > 1:  # one line per claim cannot say it: the report's tables can
+            found[experiment] = f"varies {', '.join(row)} together: see {sweep.name}/report.md"
+            continue
         found[experiment] = (df, paired.paired_table(df, row), row[0])
     lines = ["| claim | sweep | what it shows |", "|---|---|---|"]
     for claim, experiment, say in CLAIMS:

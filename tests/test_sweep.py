@@ -471,6 +471,22 @@ def test_claims_say_what_each_study_sweep_shows(tmp_path: Path, capsys) -> None:
         rows["a wide bottleneck hurts the AE, not the VAE"] == "not run (bottleneck_digits/ holds no job) |"
     )
 
+    for job in (study / "degradation_digits").iterdir():  # a second swept setting, model.hidden_dim
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, "model.hidden_dim=8"]))
+        copy = job.with_name(job.name + "w16")
+        shutil.copytree(job, copy)
+        (copy / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, "model.hidden_dim=16"]))
+        metrics = json.loads((copy / "metrics.json").read_text())
+        metrics["model"]["hidden_dim"] = 16
+        (copy / "metrics.json").write_text(json.dumps(metrics))
+    claims_main([str(study), "--data", "digits"])
+    text = (study / "claims_digits.md").read_text()
+    assert (
+        "| `degradation_digits` | varies hidden_dim, n_layers together: see degradation_digits/report.md |"
+        in text
+    )
+
     assert claims_main([str(tmp_path / "nowhere")]) == 2
     assert "is not a directory" in capsys.readouterr().err
 
