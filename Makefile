@@ -13,7 +13,7 @@ CKPT ?=
 STUDY_DIR ?= logs/study
 DATA ?=
 EPOCHS ?=
-.PHONY: help install train sweep study report eval bench test test-full test-gpu lint format clean-logs
+.PHONY: help install train sweep study claims report eval bench test test-full test-gpu lint format clean-logs
 
 help: ## List every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ study: $(STAMP) ## All five study sweeps, each with its report, into STUDY_DIR/<
 	  $(PY) -m src.report $$dir || status=1; \
 	done; \
 	$(PY) -m src.claims $(STUDY_DIR) $(if $(DATA),--data $(DATA)) || status=1; exit $$status
+
+claims: $(STAMP) ## The study's claims on one page from make study's sweeps (STUDY_DIR=logs/study DATA=digits)
+	$(PY) -m src.claims $(STUDY_DIR) $(if $(DATA),--data $(DATA))
 
 report: $(STAMP) ## Tables and plots of a sweep: DIR=logs/<task>/multiruns/<time> (ARGS="--wandb", ARGS="--against <dir>")
 	@test -n "$(DIR)" || { echo "usage: make report DIR=logs/<task>/multiruns/<time>"; exit 2; }

@@ -393,9 +393,9 @@ def test_report_logs_a_summary_run_to_wandb(tmp_path: Path, monkeypatch) -> None
         assert (run_file.parent / "files" / logged[f"{key}.path"]).is_file()
 
 
-def _make_study(tmp_path: Path, py: str, *args: str) -> subprocess.CompletedProcess:
+def _make_study(tmp_path: Path, py: str, *args: str, target: str = "study") -> subprocess.CompletedProcess:
     # PY and PYTHON replaced, and a stamp of our own: make prints (or fails) instead of installing or training
-    cmd = ["make", "-s", "study", f"PY={py}", "PYTHON=echo", f"STAMP={tmp_path / 'stamp'}",
+    cmd = ["make", "-s", target, f"PY={py}", "PYTHON=echo", f"STAMP={tmp_path / 'stamp'}",
            f"STUDY_DIR={tmp_path / 'study'}", *args]  # fmt: skip
     # without the variables of an outer make (``make test ARGS=...`` would hand its ARGS down)
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS")}
@@ -420,6 +420,9 @@ def test_make_study_runs_each_sweep_then_its_report(tmp_path: Path) -> None:
         f"-m src.train experiment=degradation hydra.sweep.dir={tmp_path / 'study' / 'degradation'}"
         in plain.stdout
     )
+
+    alone = _make_study(tmp_path, "echo", "DATA=digits", target="claims")
+    assert alone.stdout.strip() == f"-m src.claims {tmp_path / 'study'} --data digits", alone.stderr
 
     fail = tmp_path / "fail.sh"  # every command fails: all still run, and make exits non-zero
     fail.write_text('#!/bin/sh\necho "$@"\nexit 1\n')
