@@ -103,10 +103,10 @@ def _bottleneck(df: pd.DataFrame) -> str:
     parts = []
     for model in sorted(done.model.unique()):
         per_dim = means[model].sort_index()
-        parts.append(
-            f"{model.upper()} test AUROC {per_dim.iloc[0]:.3f} at latent_dim {per_dim.index[0]}, "
-            f"{per_dim.iloc[-1]:.3f} at {per_dim.index[-1]}"
-        )
+        text = f"{model.upper()} test AUROC {per_dim.iloc[0]:.3f} at latent_dim {per_dim.index[0]}"
+        if len(per_dim) > 1:
+            text += f", {per_dim.iloc[-1]:.3f} at {per_dim.index[-1]}"
+        parts.append(text)
     return "; ".join(parts)
 
 
@@ -138,7 +138,7 @@ def claims(study_dir: Path, data: str | None = None) -> str:
             found[experiment] = f"not run ({sweep.name}/ holds no job)"
             continue
         if not (df.status == "completed").any():
-            found[experiment] = "no completed job yet"
+            found[experiment] = f"no completed job (see {sweep.name}/report.md)"
             continue
         row = table_rows(df, axes)
         if len(row) > 1:  # one line per claim cannot say it: the report's tables can

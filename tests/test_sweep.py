@@ -474,6 +474,8 @@ def test_claims_say_what_each_study_sweep_shows(tmp_path: Path, capsys) -> None:
         rows["a wide bottleneck hurts the AE, not the VAE"] == "not run (bottleneck_digits/ holds no job) |"
     )
 
+    failed = _metrics("ae", 4, 0, None, None, status="failed")  # the bottleneck sweep's only job failed
+    _job(study / "bottleneck_digits", "ae2", ["model=ae", "model.latent_dim=2"], failed)
     for job in (study / "degradation_digits").iterdir():  # a second swept setting, model.hidden_dim
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
         (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, "model.hidden_dim=8"]))
@@ -489,6 +491,7 @@ def test_claims_say_what_each_study_sweep_shows(tmp_path: Path, capsys) -> None:
         "| `degradation_digits` | varies hidden_dim, n_layers together: see degradation_digits/report.md |"
         in text
     )
+    assert "| `bottleneck_digits` | no completed job (see bottleneck_digits/report.md) |" in text
 
     assert claims_main([str(tmp_path / "nowhere")]) == 2
     assert "is not a directory" in capsys.readouterr().err
