@@ -13,6 +13,7 @@ CKPT ?=
 STUDY_DIR ?= logs/study
 DATA ?=
 EPOCHS ?=
+WANDB ?=
 .PHONY: help install train sweep study claims report eval bench test test-full test-gpu lint format clean-logs
 
 help: ## List every target
@@ -32,17 +33,17 @@ train: $(STAMP) ## Train RVAE on the offline digits data (add ARGS="model=ae ...
 sweep: $(STAMP) ## Run a study sweep: EXP=degradation|rvae_vs_vae|rvae_vs_vae_depth|grad_explosion|bottleneck ARGS="data=mnist_5k ..."
 	$(PY) -m src.train experiment=$(EXP) $(ARGS)
 
-study: $(STAMP) ## All five study sweeps, each with its report, into STUDY_DIR/<experiment>[_DATA], then claims[_DATA].md (offline: DATA=mnist_5k or digits, EPOCHS=30)
+study: $(STAMP) ## All five study sweeps, each with its report, into STUDY_DIR/<experiment>[_DATA], then claims[_DATA].md (offline: DATA=mnist_5k or digits, EPOCHS=30; WANDB=1: reports and claims to W&B too)
 	@status=0; for e in degradation rvae_vs_vae rvae_vs_vae_depth grad_explosion bottleneck; do \
 	  dir=$(STUDY_DIR)/$${e}$(if $(DATA),_$(DATA)); \
 	  $(PY) -m src.train experiment=$$e $(if $(DATA),data=$(DATA)) $(if $(EPOCHS),trainer.max_epochs=$(EPOCHS)) \
 	    hydra.sweep.dir=$$dir $(ARGS) || status=1; \
-	  $(PY) -m src.report $$dir || status=1; \
+	  $(PY) -m src.report $$dir $(if $(WANDB),--wandb) || status=1; \
 	done; \
-	$(PY) -m src.claims $(STUDY_DIR) $(if $(DATA),--data $(DATA)) || status=1; exit $$status
+	$(PY) -m src.claims $(STUDY_DIR) $(if $(DATA),--data $(DATA)) $(if $(WANDB),--wandb) || status=1; exit $$status
 
-claims: $(STAMP) ## The study's claims on one page from make study's sweeps (STUDY_DIR=logs/study DATA=digits)
-	$(PY) -m src.claims $(STUDY_DIR) $(if $(DATA),--data $(DATA))
+claims: $(STAMP) ## The study's claims on one page from make study's sweeps (STUDY_DIR=logs/study DATA=digits WANDB=1)
+	$(PY) -m src.claims $(STUDY_DIR) $(if $(DATA),--data $(DATA)) $(if $(WANDB),--wandb)
 
 report: $(STAMP) ## Tables and plots of a sweep: DIR=logs/<task>/multiruns/<time> (ARGS="--wandb", ARGS="--against <dir>")
 	@test -n "$(DIR)" || { echo "usage: make report DIR=logs/<task>/multiruns/<time>"; exit 2; }

@@ -1,11 +1,11 @@
 """The study's claims on one page, from the five sweeps ``make study`` runs.
 
-``python -m src.claims logs/study [--data digits]`` reads the sweeps ``<experiment>[_<data>]`` in that
-directory (degradation, rvae_vs_vae, rvae_vs_vae_depth, grad_explosion, bottleneck), says for each claim
-what its sweep shows, and writes it to ``claims[_<data>].md`` there. Better and worse come from the
+``python -m src.claims logs/study [--data digits] [--wandb]`` reads the sweeps ``<experiment>[_<data>]``
+in that directory (degradation, rvae_vs_vae, rvae_vs_vae_depth, grad_explosion, bottleneck), says for
+each claim what its sweep shows, and writes it to ``claims[_<data>].md`` there. Better and worse come from the
 seed-paired comparison of ``src.paired`` (a 95 % interval clear of 0); the gradient explosion and the
 bottleneck are given as numbers, since the study states no threshold for them. A sweep not run (or with
-no completed job) is said to be so; the others are still read.
+no completed job) is said to be so; the others are still read. ``--wandb`` logs the claims to W&B too.
 """
 
 import argparse
@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from src import paired
-from src.report import NoResultsError, collect, table_rows
+from src.report import NoResultsError, collect, table_rows, wandb_project
 
 EXPERIMENTS = ("degradation", "rvae_vs_vae_depth", "rvae_vs_vae", "grad_explosion", "bottleneck")
 
@@ -124,8 +124,8 @@ CLAIMS = (  # claim, experiment, what to say of its sweep
 )  # fmt: skip
 
 
-def claims(study_dir: Path, data: str | None = None) -> str:
-    """``claims.md``: a table of the claims and what each sweep in ``study_dir`` shows."""
+def claim_rows(study_dir: Path, data: str | None = None) -> list[tuple[str, str, str]]:
+    """``(claim, sweep, what it shows)`` for each of the study's claims, from the sweeps in ``study_dir``."""
     found: dict[str, tuple[pd.DataFrame, pd.DataFrame, str] | str] = {}
     for experiment in EXPERIMENTS:
         sweep = study_dir / (experiment + (f"_{data}" if data else ""))
@@ -145,11 +145,18 @@ def claims(study_dir: Path, data: str | None = None) -> str:
             found[experiment] = f"varies {', '.join(row)} together: see {sweep.name}/report.md"
             continue
         found[experiment] = (df, paired.paired_table(df, row), row[0])
-    lines = ["| claim | sweep | what it shows |", "|---|---|---|"]
+    rows = []
     for claim, experiment, say in CLAIMS:
-        sweep = experiment + (f"_{data}" if data else "")
         got = found[experiment]
-        lines.append(f"| {claim} | `{sweep}` | {got if isinstance(got, str) else say(*got)} |")
+        shows = got if isinstance(got, str) else say(*got)
+        rows.append((claim, experiment + (f"_{data}" if data else ""), shows))
+    return rows
+
+
+def claims_page(study_dir: Path, rows: list[tuple[str, str, str]]) -> str:
+    """``claims.md``: a table of the claims and what each sweep in ``study_dir`` shows (``claim_rows``)."""
+    lines = ["| claim | sweep | what it shows |", "|---|---|---|"]
+    lines += [f"| {claim} | `{sweep}` | {shows} |" for claim, sweep, shows in rows]
     return "\n\n".join([
         f"# The study's claims, from the sweeps in `{study_dir}`",
         "Better and worse: residual minus plain model paired by seed, where the 95 % interval of the mean "
@@ -159,10 +166,34 @@ def claims(study_dir: Path, data: str | None = None) -> str:
     ]) + "\n"  # fmt: skip
 
 
+def log_to_wandb(study_dir: Path, data: str | None, rows: list[tuple[str, str, str]], page: Path) -> bool:
+    """A W&B run of job type ``claims`` in the sweeps' project: the claims as a table, and the page.
+    Offline without credentials, like training; a failure is a warning (the page is written already)."""
+    import wandb
+
+    from src.loggers import wandb_mode  # Lightning and W&B only when asked for
+
+    sweeps = [study_dir / (experiment + (f"_{data}" if data else "")) for experiment in EXPERIMENTS]
+    project = next(  # the project the study's sweeps logged to
+        (wandb_project(sweep) for sweep in sweeps if (sweep / "multirun.yaml").is_file()), "rvae-anomaly"
+    )
+    try:
+        with wandb.init(project=project, name=f"claims-{study_dir.name}" + (f"-{data}" if data else ""),
+                        job_type="claims", dir=str(study_dir), mode=wandb_mode()) as run:  # fmt: skip
+            run.log({"claims": wandb.Table(columns=["claim", "sweep", "what it shows"], data=rows)})
+            run.save(str(page), base_path=str(page.parent), policy="now")
+    except Exception as err:
+        print(f"warning: W&B logging failed ({type(err).__name__}: {err}); the claims are in {page}.",
+              file=sys.stderr)  # fmt: skip
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study_dir", type=Path, help="the directory of `make study`'s sweeps (STUDY_DIR)")
     parser.add_argument("--data", help="the sweeps' suffix, as `make study DATA=...` names them (digits)")
+    parser.add_argument("--wandb", action="store_true", help="also log the claims to W&B, as a run")
     args = parser.parse_args(argv)
     if not args.study_dir.is_dir():
         print(
@@ -170,9 +201,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    text = claims(args.study_dir.resolve(), args.data)
-    (args.study_dir / f"claims{'_' + args.data if args.data else ''}.md").write_text(text)
-    print(text)
+    study_dir = args.study_dir.resolve()
+    rows = claim_rows(study_dir, args.data)
+    page = study_dir / f"claims{'_' + args.data if args.data else ''}.md"
+    page.write_text(claims_page(study_dir, rows))
+    print(page.read_text())
+    if args.wandb:
+        log_to_wandb(study_dir, args.data, rows, page)
     return 0
 
 

@@ -10,7 +10,6 @@ distributions of normal and anomalous samples), and ``scores_by_class.csv`` and 
 """
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from src.cuda_check import skip_unloadable_nvml_check
 from src.data.datamodule import OneClassDataModule, resolve_anomaly_classes
 from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundError, class_names
 from src.instantiate import instantiate_trainer
-from src.loggers import wandb_credentials_found, wandb_run_id
+from src.loggers import wandb_mode, wandb_run_id
 from src.metrics import AnomalyMetrics
 from src.models.module import AnomalyAutoEncoder
 from src.results import METRICS_FILE, provenance, read_metrics, write_json_atomic
@@ -263,10 +262,7 @@ def log_to_wandb(cfg: DictConfig, record: dict[str, Any], out: Path, by_class: p
     a warning."""
     import wandb
 
-    mode = None
-    if "WANDB_MODE" not in os.environ and not wandb_credentials_found():
-        log.warning("No W&B credentials: logging offline; upload later with `wandb sync`.")
-        mode = "offline"
+    mode = wandb_mode()
     stage, train_dir = record["stage"], Path(record["checkpoint"]).parent.parent
     config = {
         "checkpoint": record["checkpoint"],

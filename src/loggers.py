@@ -127,6 +127,15 @@ def wandb_credentials_found() -> bool:
         return False
 
 
+def wandb_mode() -> str | None:
+    """``"offline"``, with a warning, when neither ``WANDB_MODE`` nor credentials are set, where W&B would
+    otherwise ask for a login (at a terminal) or fail; else None, leaving the mode to W&B."""
+    if "WANDB_MODE" in os.environ or wandb_credentials_found():
+        return None
+    log.warning("No W&B credentials: logging offline; upload later with `wandb sync`.")
+    return "offline"
+
+
 def wandb_run_id(output_dir: str | Path) -> str:
     """The W&B run id of the training run in ``output_dir``: derived from the directory, so a resumed
     run continues the same W&B run and ``src.eval`` can name the run it scores."""
@@ -159,8 +168,7 @@ def wandb_identity(cfg: DictConfig) -> dict[str, Any]:
 
 def _start_wandb(lg_cfg: DictConfig, cfg: DictConfig, start_step: int) -> Logger:
     """A started W&B logger, or, when W&B cannot start, a CSV logger and a warning saying why."""
-    if "WANDB_MODE" not in os.environ and not wandb_credentials_found():
-        log.warning("No W&B credentials: logging offline; upload later with `wandb sync`.")
+    if wandb_mode() == "offline":
         os.environ["WANDB_MODE"] = "offline"
     kwargs = {k: v for k, v in wandb_identity(cfg).items() if not lg_cfg.get(k)}
     try:

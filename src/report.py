@@ -407,19 +407,37 @@ def _sweep_dir(path: str | Path) -> Path:
     return path
 
 
-def log_to_wandb(sweep_dir: Path, df: pd.DataFrame, images: list[Path]) -> None:
-    """A summary run in the sweep's W&B group: the results table and the plots."""
+def wandb_project(sweep_dir: Path) -> str:
+    """The W&B project the sweep's jobs logged to (``logger.wandb.project``), else the default's."""
+    multirun = sweep_dir / "multirun.yaml"
+    project = (
+        OmegaConf.select(OmegaConf.load(multirun), "logger.wandb.project") if multirun.is_file() else None
+    )
+    return project or "rvae-anomaly"
+
+
+def log_to_wandb(sweep_dir: Path, df: pd.DataFrame, images: list[Path]) -> bool:
+    """A summary run in the sweep's W&B group: the results table and the plots. Offline without
+    credentials, like training; a failure is a warning (the files are written already). True if logged."""
     import wandb
 
-    cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
-    project = OmegaConf.select(cfg, "logger.wandb.project") or "rvae-anomaly"
-    group = f"{cfg.task_name}-{sweep_dir.name}"
-    with wandb.init(project=project, group=group, name=f"report-{sweep_dir.name}", job_type="report",
-                    dir=str(sweep_dir)) as run:  # fmt: skip
-        run.log({"results": wandb.Table(dataframe=df.astype(str))})
-        if (sweep_dir / PAIRED_FILE).is_file():
-            run.log({"paired": wandb.Table(dataframe=pd.read_csv(sweep_dir / PAIRED_FILE).astype(str))})
-        run.log({p.stem: wandb.Image(str(p)) for p in images})
+    from src.loggers import wandb_mode  # Lightning and W&B only when asked for
+
+    project, group = wandb_project(sweep_dir), sweep_dir.name
+    if (sweep_dir / "multirun.yaml").is_file():  # the group its jobs logged to
+        group = f"{OmegaConf.load(sweep_dir / 'multirun.yaml').task_name}-{sweep_dir.name}"
+    try:
+        with wandb.init(project=project, group=group, name=f"report-{sweep_dir.name}", job_type="report",
+                        dir=str(sweep_dir), mode=wandb_mode()) as run:  # fmt: skip
+            run.log({"results": wandb.Table(dataframe=df.astype(str))})
+            if (sweep_dir / PAIRED_FILE).is_file():
+                run.log({"paired": wandb.Table(dataframe=pd.read_csv(sweep_dir / PAIRED_FILE).astype(str))})
+            run.log({p.stem: wandb.Image(str(p)) for p in images})
+    except Exception as err:
+        print(f"warning: W&B logging failed ({type(err).__name__}: {err}); the report is in {sweep_dir}.",
+              file=sys.stderr)  # fmt: skip
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -366,8 +366,15 @@ def test_ddp_sim_trains_in_two_processes_and_scores_each_sample_once(tmp_path: P
         assert record[f"{stage}/auroc"] == pytest.approx(metrics[f"{stage}/auroc"], abs=1e-6)
 
 
-def test_report_logs_a_summary_run_to_wandb(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("WANDB_MODE", "offline")
+def _no_wandb_login(tmp_path: Path, monkeypatch) -> None:
+    """No ``WANDB_MODE``, no API key, no ``~/.netrc``: where W&B itself would ask for a login."""
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+def test_report_logs_a_summary_run_to_wandb(tmp_path: Path, monkeypatch, caplog) -> None:
+    _no_wandb_login(tmp_path, monkeypatch)  # logs offline, with a warning, as training does
     sweep = tmp_path / "sweep"
     multirun_cfg = {"task_name": "degradation", "logger": {"wandb": {"project": "p"}},
                     "hydra": {"sweeper": {"params": {}}, "overrides": {"task": []}}}  # fmt: skip
@@ -391,6 +398,24 @@ def test_report_logs_a_summary_run_to_wandb(tmp_path: Path, monkeypatch) -> None
     assert logged["paired._type"] == "table-file"  # RAE against AE
     for key in ("results", "paired", "auroc_vs_depth"):  # the tables and the plot are in the run's files
         assert (run_file.parent / "files" / logged[f"{key}.path"]).is_file()
+    assert "No W&B credentials: logging offline" in caplog.text
+
+
+def test_report_and_claims_write_their_files_when_wandb_fails(tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    _clipping_sweep(study / "grad_explosion", spike_without_clipping=50.0)
+    unreachable = {"WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40, "WANDB_INIT_TIMEOUT": "2",
+                   "WANDB_BASE_URL": "http://127.0.0.1:9", "PYTHONPATH": str(REPO)}  # fmt: skip
+    for cmd, written, says in (
+        (["src.report", str(study / "grad_explosion")], study / "grad_explosion" / "report.md", "| null |"),
+        (["src.claims", str(study)], study / "claims.md", "clip null: max g_norm from epoch 2 50 to 51"),
+    ):
+        proc = subprocess.run([sys.executable, "-m", *cmd, "--wandb"], cwd=REPO, env=os.environ | unreachable,
+                              capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "warning: W&B logging failed (" in proc.stderr and str(written.parent) in proc.stderr
+        assert says in written.read_text()
 
 
 def _make_study(tmp_path: Path, py: str, *args: str, target: str = "study") -> subprocess.CompletedProcess:
@@ -423,6 +448,9 @@ def test_make_study_runs_each_sweep_then_its_report(tmp_path: Path) -> None:
 
     alone = _make_study(tmp_path, "echo", "DATA=digits", target="claims")
     assert alone.stdout.strip() == f"-m src.claims {tmp_path / 'study'} --data digits", alone.stderr
+    to_wandb = _make_study(tmp_path, "echo", "DATA=digits", "WANDB=1")
+    assert [line.endswith(" --wandb") for line in to_wandb.stdout.splitlines() if "src." in line] == [
+        False, True] * len(experiments) + [True]  # fmt: skip
 
     fail = tmp_path / "fail.sh"  # every command fails: all still run, and make exits non-zero
     fail.write_text('#!/bin/sh\necho "$@"\nexit 1\n')
@@ -432,7 +460,7 @@ def test_make_study_runs_each_sweep_then_its_report(tmp_path: Path) -> None:
     assert sum("src." in line for line in failing.stdout.splitlines()) == 2 * len(experiments) + 1
 
 
-def test_claims_say_what_each_study_sweep_shows(tmp_path: Path, capsys) -> None:
+def test_claims_say_what_each_study_sweep_shows(tmp_path: Path, capsys, monkeypatch) -> None:
     study = tmp_path / "study"
     for n, (ae_loss, rae_loss) in enumerate([(1.0, 1.0), (1.0, 0.99), (2.0, 1.0)]):
         for seed in range(3):  # depth 1: RAE's loss 0.01 lower at every seed; depth 2: 1.0 lower
@@ -492,6 +520,26 @@ def test_claims_say_what_each_study_sweep_shows(tmp_path: Path, capsys) -> None:
         in text
     )
     assert "| `bottleneck_digits` | no completed job (see bottleneck_digits/report.md) |" in text
+
+    (study / "degradation_digits" / "multirun.yaml").write_text(
+        yaml.safe_dump({"logger": {"wandb": {"project": "p"}}})
+    )
+    try:  # the same page as a W&B run in the sweeps' project, offline without a login
+        _no_wandb_login(tmp_path, monkeypatch)
+        assert claims_main([str(study), "--data", "digits", "--wandb"]) == 0
+    finally:
+        wandb.teardown()  # the run's file is written once the service closes it
+    [run_file] = offline_run_files(study, "wandb/offline-run-*/run-*.wandb")
+    run = read_run(run_file)
+    assert (run.run.project, run.run.display_name, run.run.job_type) == ("p", "claims-study-digits", "claims")
+    logged = {key: value for row in run.history for key, value in row.items()}
+    assert logged["claims._type"] == "table-file"
+    table = json.loads((run_file.parent / "files" / logged["claims.path"]).read_text())
+    assert table["columns"] == ["claim", "sweep", "what it shows"]
+    sweeps = ["rvae_vs_vae_depth_digits", "rvae_vs_vae_digits", "grad_explosion_digits", "bottleneck_digits"]
+    assert [row[1] for row in table["data"]] == ["degradation_digits"] * 2 + sweeps
+    assert (run_file.parent / "files" / "claims_digits.md").read_text() == text
+    capsys.readouterr()
 
     assert claims_main([str(tmp_path / "nowhere")]) == 2
     assert "is not a directory" in capsys.readouterr().err
