@@ -9,6 +9,7 @@ no completed job) is said to be so; the others are still read. ``--wandb`` logs 
 """
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -181,7 +182,7 @@ def log_to_wandb(study_dir: Path, data: str | None, rows: list[tuple[str, str, s
         with wandb.init(project=project, name=f"claims-{study_dir.name}" + (f"-{data}" if data else ""),
                         job_type="claims", dir=str(study_dir), mode=wandb_mode()) as run:  # fmt: skip
             run.log({"claims": wandb.Table(columns=["claim", "sweep", "what it shows"], data=rows)})
-            run.save(str(page), base_path=str(page.parent), policy="now")
+            shutil.copy(page, run.dir)  # a copy in the run's files, uploaded with it (a save would link it)
     except Exception as err:
         print(f"warning: W&B logging failed ({type(err).__name__}: {err}); the claims are in {page}.",
               file=sys.stderr)  # fmt: skip
