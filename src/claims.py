@@ -17,6 +17,7 @@ import pandas as pd
 
 from src import paired
 from src.report import NoResultsError, collect, table_rows, wandb_project
+from src.wandb_access import wandb_mode
 
 EXPERIMENTS = ("degradation", "rvae_vs_vae_depth", "rvae_vs_vae", "grad_explosion", "bottleneck")
 
@@ -171,8 +172,6 @@ def log_to_wandb(study_dir: Path, data: str | None, rows: list[tuple[str, str, s
     """A W&B run of job type ``claims`` in the sweeps' project: the claims as a table, and the page.
     Offline without credentials, like training; a failure is a warning (the page is written already)."""
     import wandb
-
-    from src.loggers import wandb_mode  # Lightning and W&B only when asked for
 
     sweeps = [study_dir / (experiment + (f"_{data}" if data else "")) for experiment in EXPERIMENTS]
     project = next(  # the project the study's sweeps logged to

@@ -26,10 +26,11 @@ from src.cuda_check import skip_unloadable_nvml_check
 from src.data.datamodule import OneClassDataModule, resolve_anomaly_classes
 from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundError, class_names
 from src.instantiate import instantiate_trainer
-from src.loggers import wandb_mode, wandb_run_id
+from src.loggers import wandb_run_id
 from src.metrics import AnomalyMetrics
 from src.models.module import AnomalyAutoEncoder
 from src.results import METRICS_FILE, provenance, read_metrics, write_json_atomic
+from src.wandb_access import wandb_mode
 
 log = logging.getLogger(__name__)
 

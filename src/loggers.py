@@ -4,11 +4,9 @@ CSV history that a resumed run continues instead of starting over."""
 import csv
 import hashlib
 import logging
-import netrc
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,6 +15,8 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
+
+from src.wandb_access import wandb_mode
 
 log = logging.getLogger(__name__)
 
@@ -114,26 +114,6 @@ class ResilientWandbLogger(WandbLogger):
 
     def log_hyperparams(self, params) -> None:
         self._guard("log the config", super().log_hyperparams, params)
-
-
-def wandb_credentials_found() -> bool:
-    """True when W&B has an API key from the environment or ``~/.netrc`` (``wandb login``)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
-def wandb_mode() -> str | None:
-    """``"offline"``, with a warning, when neither ``WANDB_MODE`` nor credentials are set, where W&B would
-    otherwise ask for a login (at a terminal) or fail; else None, leaving the mode to W&B."""
-    if "WANDB_MODE" in os.environ or wandb_credentials_found():
-        return None
-    log.warning("No W&B credentials: logging offline; upload later with `wandb sync`.")
-    return "offline"
 
 
 def wandb_run_id(output_dir: str | Path) -> str:

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from src import paired, plots
 from src.results import METRICS_FILE, read_metrics
+from src.wandb_access import wandb_mode
 
 # The study's RVAE/VAE table (MNIST, each digit 0..9 held out in turn), by our model names.
 PUBLISHED_MNIST = {
@@ -420,8 +421,6 @@ def log_to_wandb(sweep_dir: Path, df: pd.DataFrame, images: list[Path]) -> bool:
     """A summary run in the sweep's W&B group: the results table and the plots. Offline without
     credentials, like training; a failure is a warning (the files are written already). True if logged."""
     import wandb
-
-    from src.loggers import wandb_mode  # Lightning and W&B only when asked for
 
     project, group = wandb_project(sweep_dir), sweep_dir.name
     if (sweep_dir / "multirun.yaml").is_file():  # the group its jobs logged to
