@@ -168,7 +168,7 @@ def claims_page(study_dir: Path, rows: list[tuple[str, str, str]]) -> str:
     ]) + "\n"  # fmt: skip
 
 
-def log_to_wandb(study_dir: Path, data: str | None, rows: list[tuple[str, str, str]], page: Path) -> bool:
+def log_to_wandb(study_dir: Path, data: str | None, rows: list[tuple[str, str, str]], page: Path) -> None:
     """A W&B run of job type ``claims`` in the sweeps' project: the claims as a table, and the page.
     Offline without credentials, like training; a failure is a warning (the page is written already)."""
     import wandb
@@ -185,8 +185,6 @@ def log_to_wandb(study_dir: Path, data: str | None, rows: list[tuple[str, str, s
     except Exception as err:
         print(f"warning: W&B logging failed ({type(err).__name__}: {err}); the claims are in {page}.",
               file=sys.stderr)  # fmt: skip
-        return False
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:

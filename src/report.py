@@ -417,9 +417,9 @@ def wandb_project(sweep_dir: Path) -> str:
     return project or "rvae-anomaly"
 
 
-def log_to_wandb(sweep_dir: Path, df: pd.DataFrame, images: list[Path]) -> bool:
+def log_to_wandb(sweep_dir: Path, df: pd.DataFrame, images: list[Path]) -> None:
     """A summary run in the sweep's W&B group: the results table and the plots. Offline without
-    credentials, like training; a failure is a warning (the files are written already). True if logged."""
+    credentials, like training; a failure is a warning (the files are written already)."""
     import wandb
 
     project, group = wandb_project(sweep_dir), sweep_dir.name
@@ -435,8 +435,6 @@ def log_to_wandb(sweep_dir: Path, df: pd.DataFrame, images: list[Path]) -> bool:
     except Exception as err:
         print(f"warning: W&B logging failed ({type(err).__name__}: {err}); the report is in {sweep_dir}.",
               file=sys.stderr)  # fmt: skip
-        return False
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:
