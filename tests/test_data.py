@@ -23,6 +23,7 @@ from src.data.sources import (
     CacheWriteError,
     CorruptDataError,
     DatasetNotFoundError,
+    _transpose_in_place,
     class_names,
     load_source,
 )
@@ -69,6 +70,22 @@ def test_batches_are_flat_upright_floats_in_unit_range(fake_emnist) -> None:
     assert (images[:, :3, :] == 1.0).all()  # the bright bar is on top: upright, not transposed
     upright = {bytes(img.reshape(-1)) for img in raw["train"][0]}
     assert all(bytes(r.numpy()) in upright for r in dm.data_train.x)
+
+
+def test_emnist_decodes_to_the_upright_images_in_file_order(fake_emnist) -> None:
+    root, raw = fake_emnist
+    src = load_source("emnist", root, "byclass", download=False, cache=False)
+    decoded = ((src.x_train, src.y_train, raw["train"]), (src.x_test, src.y_test, raw["test"]))
+    for x, y, (upright, labels) in decoded:
+        assert torch.equal(x, torch.from_numpy(upright.reshape(len(upright), -1)))
+        assert torch.equal(y, torch.from_numpy(labels).long())
+
+
+def test_images_are_transposed_in_their_own_memory_block_by_block() -> None:
+    images = torch.randint(0, 256, (10, 5, 5), dtype=torch.uint8)
+    expected, where = images.transpose(1, 2).clone(), images.data_ptr()
+    out = _transpose_in_place(images, rows=3)  # blocks of 3, 3, 3 and 1 images
+    assert torch.equal(out, expected) and out.data_ptr() == where
 
 
 def test_split_is_deterministic_for_a_seed(fake_emnist) -> None:

@@ -172,6 +172,14 @@ def _flatten(images: torch.Tensor) -> torch.Tensor:
     return images.reshape(len(images), -1).contiguous()
 
 
+def _transpose_in_place(images: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """``images`` (N, H, H) with each image transposed, in its own memory: a block of ``rows`` images
+    at a time, instead of a transposed copy of all of them (byclass: 547 MB more at once)."""
+    for block in images.split(rows):
+        block.copy_(block.transpose(1, 2).clone())
+    return images
+
+
 def load_torchvision(dataset: str, root: str | Path, split: str, download: bool) -> Source:
     """Decode train and test splits through the real torchvision dataset classes."""
     cls = TORCHVISION[dataset]
@@ -186,7 +194,7 @@ def load_torchvision(dataset: str, root: str | Path, split: str, download: bool)
             raise not_found(dataset, root, split, download) from err
         images = ds.data
         if dataset == "emnist":  # EMNIST stores images transposed
-            images = images.transpose(1, 2)
+            images = _transpose_in_place(images)
         parts += [_flatten(images), ds.targets.long()]
         del ds, images  # before the next decode: byclass's train images are 525 MiB
     return Source(*parts)
