@@ -2,6 +2,7 @@ import hydra
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.utilities.model_summary import ModelSummary
 
 from src.models.components.autoencoder import AutoEncoder
 from src.models.components.backbone import OriginalBlock, PreActBlock, ResidualMLP
@@ -128,6 +129,18 @@ def test_vae_score_is_deterministic_and_decodes_the_mean() -> None:
     assert torch.equal(s1, s2)
     mu, _ = model.encode(x)
     assert torch.allclose(s1, ((model.decode(mu) - x) ** 2).sum(1))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_the_model_summary_counts_the_flops_of_scoring_one_sample(name: str) -> None:
+    residual, variational = VARIANTS[name]
+    model = AnomalyAutoEncoder(64, n_layers=3, hidden_dim=32, latent_dim=8, residual=residual,
+                               variational=variational)  # fmt: skip
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    summary = ModelSummary(model, max_depth=2)
+    assert summary.total_flops == sum(2 * m.in_features * m.out_features for m in linear)
+    assert summary.in_sizes[summary.layer_names.index("net.encoder")] == [1, 64]
+    assert model.training  # the summary's forward pass leaves the model as it found it
 
 
 def test_unknown_block_is_rejected() -> None:

@@ -116,6 +116,8 @@ class AnomalyAutoEncoder(LightningModule):
         # keys, and both would put every model setting in W&B twice (``n_layers`` and ``model.n_layers``).
         self.save_hyperparameters(logger=False)
         self.net = AutoEncoder(input_dim, latent_dim, hidden_dim, n_layers, residual, variational, block)
+        # one sample: the model summary then gives each layer's in/out sizes and FLOPs per scored sample
+        self.example_input_array = torch.zeros(1, input_dim)
         if compile:
             # A fresh compile cache: multirun jobs share a process, and the graphs of earlier jobs' models
             # would otherwise fill it until dynamo recompiles every step or gives up.
