@@ -10,6 +10,7 @@ from lightning.fabric.utilities.data import _replace_dunder_methods
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
+from torchvision.datasets.mnist import read_image_file
 
 from src.data.datamodule import (
     NoTrainingBatchError,
@@ -26,6 +27,7 @@ from src.data.sources import (
     _transpose_in_place,
     class_names,
     load_source,
+    read_idx_images,
 )
 from src.data.splits import mix, one_class_split
 from tests.idx import write_fake_emnist, write_fake_mnist
@@ -79,6 +81,31 @@ def test_emnist_decodes_to_the_upright_images_in_file_order(fake_emnist) -> None
     for x, y, (upright, labels) in decoded:
         assert torch.equal(x, torch.from_numpy(upright.reshape(len(upright), -1)))
         assert torch.equal(y, torch.from_numpy(labels).long())
+
+
+def test_images_files_read_as_torchvision_reads_them(fake_emnist, tmp_path: Path) -> None:
+    write_fake_mnist(tmp_path, "MNIST", per_class=(5, 2))
+    emnist_files = sorted((fake_emnist[0] / "EMNIST" / "raw").glob("*-images-idx3-ubyte"))
+    for path in [*emnist_files, *sorted((tmp_path / "MNIST" / "raw").glob("*-images-idx3-ubyte"))]:
+        ours, theirs = read_idx_images(path), read_image_file(str(path))
+        assert ours.dtype == theirs.dtype == torch.uint8 and torch.equal(ours, theirs)
+
+
+def _proc_status_bytes(key: str) -> int:
+    return int(Path("/proc/self/status").read_text().split(f"{key}:")[1].split()[0]) * 1024
+
+
+def test_decoding_holds_each_images_file_once(tmp_path: Path) -> None:
+    raw = write_fake_emnist(tmp_path, "byclass", n_classes=62, per_class=(1000, 10))  # 49 MB of images
+    train_bytes = raw["train"][0].nbytes
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak resident memory starts again from now
+    before = _proc_status_bytes("VmRSS")
+    src = load_source("emnist", tmp_path, "byclass", download=False, cache=False)
+    peak = _proc_status_bytes("VmHWM") - before
+    assert torch.equal(src.x_train, torch.from_numpy(raw["train"][0].reshape(len(src.x_train), -1)))
+    # the train images and then the test images beside them (1.1x here); torchvision's own reader holds
+    # an images file twice for a moment (bytes, then a bytearray): 2.0x
+    assert peak < 1.5 * train_bytes
 
 
 def test_images_are_transposed_in_their_own_memory_block_by_block() -> None:

@@ -1,9 +1,8 @@
 """Decode a dataset once into flat uint8 tensors: ``(N, H*W)`` images in upright row-major order.
 
-Decoding EMNIST byclass through torchvision takes seconds and briefly needs twice its 550 MB; a sweep
-repeats it in every job. So the first decode is written to ``<root>/<Dataset>/decoded/`` as ``.npy``
-files, and every run, the first included, reads from there only the rows its split keeps
-(``CachedImages``).
+Decoding EMNIST byclass takes seconds and holds all its 550 MB of images; a sweep would repeat it in
+every job. So the first decode is written to ``<root>/<Dataset>/decoded/`` as ``.npy`` files, and every
+run, the first included, reads from there only the rows its split keeps (``CachedImages``).
 """
 
 import functools
@@ -17,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torchvision import datasets
+from torchvision.datasets.mnist import read_label_file
 
 
 class CachedImages:
@@ -180,9 +180,45 @@ def _transpose_in_place(images: torch.Tensor, rows: int = 4096) -> torch.Tensor:
     return images
 
 
-def load_torchvision(dataset: str, root: str | Path, split: str, download: bool) -> Source:
-    """Decode train and test splits through the real torchvision dataset classes."""
+def read_idx_images(path: str | Path) -> torch.Tensor:
+    """An uncompressed uint8 IDX images file as a ``(N, H, W)`` uint8 tensor, read straight into its one
+    copy. torchvision's ``read_image_file`` gives the same tensor but reads the file into ``bytes`` and
+    copies it into a ``bytearray``, so it holds it twice for a moment (EMNIST byclass: 1.1 GB)."""
+    path = Path(path)
+    shape = idx_shape(path)  # checked: exactly this many bytes follow the header
+    # torch's memory, not numpy.fromfile's: numpy asks for transparent huge pages, and where the kernel
+    # compacts memory for them on demand the first read took 1.5 s instead of 0.5 s (EMNIST byclass)
+    images = torch.empty(shape, dtype=torch.uint8)
+    buffer = memoryview(images.numpy()).cast("B")
+    with path.open("rb") as f:
+        f.seek(4 + 4 * len(shape))
+        done = 0
+        while done < len(buffer):  # one read returns at most 2 GiB on Linux
+            count = f.readinto(buffer[done:])
+            if not count:
+                raise _corrupt(path, f"it ends after {done} of its {len(buffer)} image bytes")
+            done += count
+    return images
+
+
+@functools.cache
+def _reading_images_once(dataset: str, split: str) -> type[datasets.MNIST]:
+    """The torchvision class of ``dataset`` (its files, download and checks), with its images read by
+    ``read_idx_images``. The same name, so the same ``<root>/<Name>/raw`` folder."""
+
+    def _load_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        files = raw_files(dataset, self.root, split)
+        images, labels = files[0:2] if self.train else files[2:4]
+        return read_idx_images(images), read_label_file(str(labels))
+
     cls = TORCHVISION[dataset]
+    return type(cls.__name__, (cls,), {"_load_data": _load_data, "__module__": __name__})
+
+
+def load_torchvision(dataset: str, root: str | Path, split: str, download: bool) -> Source:
+    """Decode train and test splits through the real torchvision dataset classes (their images read
+    in one copy, ``read_idx_images``)."""
+    cls = _reading_images_once(dataset, split)
     kwargs = {"split": split} if dataset == "emnist" else {}
     if all(p.is_file() for p in raw_files(dataset, root, split)):
         check_raw_files(dataset, root, split)
