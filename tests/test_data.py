@@ -1,5 +1,7 @@
+import gzip
 import logging
 import math
+import shutil
 from pathlib import Path
 from urllib.error import URLError
 
@@ -11,6 +13,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 from torchvision.datasets.mnist import read_image_file
+from torchvision.datasets.utils import extract_archive
 
 from src.data.datamodule import (
     NoTrainingBatchError,
@@ -122,13 +125,20 @@ def test_split_is_deterministic_for_a_seed(fake_emnist) -> None:
     assert not torch.equal(a.data_val.x, c.data_val.x)
 
 
-def test_missing_files_give_a_clear_error(tmp_path: Path) -> None:
-    dm = OneClassDataModule("emnist", root=str(tmp_path), download=False)
+@pytest.mark.parametrize(
+    ("dataset", "named", "first_file"),
+    [
+        ("emnist", "emnist (split 'byclass') was", "EMNIST/raw/emnist-byclass-train-images-idx3-ubyte"),
+        ("mnist", "mnist was", "MNIST/raw/train-images-idx3-ubyte"),  # no split: MNIST has none
+    ],
+)
+def test_missing_files_give_a_clear_error(tmp_path: Path, dataset: str, named: str, first_file: str) -> None:
+    dm = OneClassDataModule(dataset, root=str(tmp_path), download=False)
     with pytest.raises(DatasetNotFoundError) as err:
         dm.setup("fit")
     msg = str(err.value)
-    assert f"data.root={str(tmp_path)!r}" in msg
-    assert "emnist-byclass-train-images-idx3-ubyte" in msg
+    assert msg.startswith(f"{named} not found under data.root={str(tmp_path)!r}")
+    assert str(tmp_path / first_file) in msg
     assert "data=digits" in msg
 
 
@@ -141,6 +151,26 @@ def test_failed_download_gives_the_same_clear_error(tmp_path: Path, monkeypatch)
     with pytest.raises(DatasetNotFoundError, match="download failed") as err:
         dm.prepare_data()
     assert "data=digits" in str(err.value)
+
+
+def test_download_fills_the_folder_the_decode_reads(tmp_path: Path, monkeypatch) -> None:
+    served = tmp_path / "served"
+    raw = write_fake_mnist(served, "MNIST", per_class=(6, 2))
+    for path in (served / "MNIST" / "raw").iterdir():  # what the mirrors hold: gzipped IDX files
+        path.with_name(f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes()))
+
+    def fetch(url: str, download_root: str, filename: str, md5: str) -> None:
+        """torchvision's download, with the network's part (the fetch) from local files."""
+        shutil.copy(served / "MNIST" / "raw" / filename, Path(download_root) / filename)
+        extract_archive(str(Path(download_root) / filename))
+
+    monkeypatch.setattr("torchvision.datasets.mnist.download_and_extract_archive", fetch)
+    dm = OneClassDataModule("mnist", root=str(tmp_path / "data"), download=True, anomaly_class=0)
+    dm.prepare_data()
+    assert (tmp_path / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    dm.setup("fit")
+    upright = {bytes(img.reshape(-1)) for img in raw["train"][0]}
+    assert len(dm.data_train) > 0 and all(bytes(r.numpy()) in upright for r in dm.data_train.x)
 
 
 def test_anomaly_classes_by_label_name_or_list() -> None:

@@ -121,8 +121,9 @@ def raw_files(dataset: str, root: str | Path, split: str = "byclass") -> list[Pa
 def not_found(dataset: str, root: str | Path, split: str, download: bool) -> DatasetNotFoundError:
     missing = [str(p) for p in raw_files(dataset, root, split) if not p.is_file()]
     how = "the download failed (no network?)" if download else "data.download=false"
+    what = f"{dataset} (split {split!r})" if dataset == "emnist" else dataset  # only EMNIST has splits
     return DatasetNotFoundError(
-        f"{dataset} (split {split!r}) was not found under data.root={str(root)!r} and {how}. "
+        f"{what} was not found under data.root={str(root)!r} and {how}. "
         f"Missing files: {', '.join(missing) or 'none (they exist but could not be read)'}. "
         "Fix: put the uncompressed IDX files there (torchvision's raw layout), or run with "
         "data.download=true on a machine with network access, or point data.root at a copy; "
