@@ -188,7 +188,7 @@ def read_idx_images(path: str | Path) -> torch.Tensor:
     path = Path(path)
     shape = idx_shape(path)  # checked: exactly this many bytes follow the header
     # torch's memory, not numpy.fromfile's: numpy asks for transparent huge pages, and where the kernel
-    # compacts memory for them on demand the first read took 1.5 s instead of 0.5 s (EMNIST byclass)
+    # compacts memory for them on demand, the first read took 1.4-1.7 s instead of 0.5 s (EMNIST byclass)
     images = torch.empty(shape, dtype=torch.uint8)
     buffer = memoryview(images.numpy()).cast("B")
     with path.open("rb") as f:
