@@ -36,6 +36,36 @@ def test_interleaving_runs_every_path_for_the_same_number_of_timed_steps(tmp_pat
         _Interleave(loops, steps=5, block=2, warmup=0, setup=setup)
 
 
+class _RecordingLoop(ReferenceLoop):
+    def run(self, steps: int) -> float:
+        self.turns = [*getattr(self, "turns", []), steps]
+        return super().run(steps)
+
+
+class _CountingInterleave(_Interleave):
+    """Counts the framework steps run while its timer is running."""
+
+    timed = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.timed += self.t0 is not None
+
+
+@pytest.mark.parametrize("settle", [0, 1, 3])
+def test_each_turn_times_a_block_after_its_untimed_settling_steps(tmp_path, settle) -> None:
+    write_fake_emnist(tmp_path, 1500, 500)
+    x = torch.randint(0, 256, (1500, 784), dtype=torch.uint8)
+    setup = Setup("cpu")
+    loops = [_RecordingLoop(x, 1, 32, setup), _RecordingLoop(x, 1, 32, setup)]
+    interleave = _CountingInterleave(loops, steps=6, block=2, warmup=3, setup=setup, settle=settle)
+    framework(tmp_path, 1, 32, interleave)
+    turn = [settle, 2] if settle else [2]
+    assert [loop.turns for loop in loops] == [[3, *turn * 3]] * 2  # warm-up, then three turns
+    assert interleave.timed == 6  # the framework's timed steps: as many as each loop's
+    assert interleave.total_steps == 3 + 3 * (settle + 2)
+    assert all(s > 0 for s in interleave.seconds)
+
+
 def test_logger_cost_times_each_logger_over_whole_runs(tmp_path, capsys) -> None:
     args = ["--loggers", "csv", "wandb", "--rounds", "1", "--steps", "4", "--warmup", "2",
             "--n-train", "2000", "--out", str(tmp_path)]  # fmt: skip
