@@ -176,8 +176,9 @@ class _Interleave(Callback):
     A turn is ``settle`` untimed steps, then ``block`` timed ones. The first steps after another path's
     turn run on caches that path has filled with its own data, and the framework, with more code and
     objects per step, takes longer to get back to speed than a plain loop (on CPU, ``n_layers=2``, batch
-    128: 1.0 ms more than a settled step at the first step of a turn and 0.4 ms at the second, against
-    0.5 and 0.3 ms for the reference). A real run never switches like this, so those steps are left out.
+    128, the first three steps of a turn took 1.2-1.3 ms more than settled ones, against 0.8 ms for the
+    reference: ``benchmarks.turn_positions``). A real run never switches like this, so those steps are
+    left out.
     Work the framework does every N steps still falls on timed and untimed steps in proportion, as
     long as the turn's length is prime to N (the default 13, against 20, 50 and 100).
 
