@@ -178,9 +178,8 @@ class _Interleave(Callback):
     objects per step, takes longer to get back to speed than a plain loop (on CPU, ``n_layers=2``, batch
     128, the first three steps of a turn took 1.2-1.3 ms more than settled ones, against 0.8 ms for the
     reference: ``benchmarks.turn_positions``). A real run never switches like this, so those steps are
-    left out.
-    Work the framework does every N steps still falls on timed and untimed steps in proportion, as
-    long as the turn's length is prime to N (the default 13, against 20, 50 and 100).
+    left out. Work the framework does every N steps still falls on timed and untimed steps in
+    proportion, as long as the turn's length is prime to N (the default 13, against 20, 50 and 100).
 
     ``seconds[0]`` is the framework's time, ``seconds[1:]`` that of each plain loop; each spans
     ``steps`` steps once ``trainer.fit`` has run ``total_steps + 1`` steps."""
@@ -188,6 +187,8 @@ class _Interleave(Callback):
     def __init__(
         self, loops: list[ReferenceLoop], steps: int, block: int, warmup: int, setup: Setup, settle: int = 0
     ) -> None:
+        if block < 1 or settle < 0:
+            raise ValueError(f"--block={block} must be at least 1 and --settle={settle} at least 0")
         if steps % block:
             raise ValueError(f"--steps={steps} must be a multiple of --block={block}")
         self.loops, self.steps, self.block, self.warmup, self.setup = loops, steps, block, warmup, setup
