@@ -167,6 +167,14 @@ class NaiveLoop(ReferenceLoop):
         return x[0].flatten(1).to(self.setup.device)
 
 
+def check_turns(steps: int, block: int, settle: int) -> None:
+    """Raise ``ValueError`` naming the turn setting that cannot be run."""
+    if block < 1 or settle < 0:
+        raise ValueError(f"--block={block} must be at least 1 and --settle={settle} at least 0")
+    if steps % block:
+        raise ValueError(f"--steps={steps} must be a multiple of --block={block}")
+
+
 class _Interleave(Callback):
     """Times the framework's training steps in turns, and between two turns runs a turn of each plain
     loop. Every path is then measured in the same stretches of time, so a slow spell of a shared machine
@@ -187,10 +195,7 @@ class _Interleave(Callback):
     def __init__(
         self, loops: list[ReferenceLoop], steps: int, block: int, warmup: int, setup: Setup, settle: int = 0
     ) -> None:
-        if block < 1 or settle < 0:
-            raise ValueError(f"--block={block} must be at least 1 and --settle={settle} at least 0")
-        if steps % block:
-            raise ValueError(f"--steps={steps} must be a multiple of --block={block}")
+        check_turns(steps, block, settle)
         self.loops, self.steps, self.block, self.warmup, self.setup = loops, steps, block, warmup, setup
         self.settle, self.turns = settle, steps // block
         self.total_steps = warmup + self.turns * (settle + block)
@@ -337,6 +342,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--memory-n-train", type=int, default=N_BYCLASS_TRAIN, help="0 skips the memory run")
     p.add_argument("--out", type=Path, default=Path("bench_results"))
     args = p.parse_args(argv)
+    try:
+        check_turns(args.steps, args.block, args.settle)
+    except ValueError as err:
+        p.error(str(err))
     skip_unloadable_nvml_check()  # in every path alike; see src.cuda_check
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     setup = Setup(device, args.compile, args.precision)

@@ -39,6 +39,13 @@ def test_interleaving_runs_every_path_for_the_same_number_of_timed_steps(tmp_pat
         _Interleave(loops, steps=4, block=2, warmup=0, setup=setup, settle=-1)
 
 
+def test_bench_refuses_turns_it_cannot_run_before_any_work(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--steps", "200", "--block", "0", "--out", str(tmp_path / "out")])
+    assert "--block=0 must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 class _RecordingLoop(ReferenceLoop):
     def run(self, steps: int) -> float:
         self.turns = [*getattr(self, "turns", []), steps]
