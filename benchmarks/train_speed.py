@@ -169,8 +169,10 @@ class NaiveLoop(ReferenceLoop):
 
 def check_turns(steps: int, block: int, settle: int) -> None:
     """Raise ``ValueError`` naming the turn setting that cannot be run."""
-    if block < 1 or settle < 0:
-        raise ValueError(f"--block={block} must be at least 1 and --settle={settle} at least 0")
+    if block < 1:
+        raise ValueError(f"--block={block} must be at least 1: the timed steps of each turn")
+    if settle < 0:
+        raise ValueError(f"--settle={settle} must be at least 0: the untimed steps that start each turn")
     if steps % block:
         raise ValueError(f"--steps={steps} must be a multiple of --block={block}")
 
