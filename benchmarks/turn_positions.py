@@ -3,10 +3,10 @@ reference: why each turn there starts with ``--settle`` untimed steps.
 
 ``python -m benchmarks.turn_positions [--n-layers 2] [--batch-size 128] [--turns 60] [--block 10]``
 
-The framework and the reference take turns of ``--block`` steps with no untimed steps, as the bench did
-before ``--settle``, and every step is timed on its own. Prints the median step time at each position in
-a turn and, per path, how much the first three positions take over the median of the rest; writes them
-to ``bench_results/turn_positions-<time>.json``.
+On CPU, the framework and the reference take turns of ``--block`` steps with no untimed steps, as the
+bench did before ``--settle``, and every step is timed on its own. Prints the median step time at each
+position in a turn and, per path, how much the first three positions take over the median of the rest;
+writes them to ``bench_results/turn_positions-<time>.json``.
 """
 
 import argparse
@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.block <= FIRST:
         p.error(f"--block={args.block} must be more than {FIRST}: the rest of a turn is the settled time")
+    if args.turns < 1:
+        p.error(f"--turns={args.turns} must be at least 1")
     skip_unloadable_nvml_check()
     setup = Setup("cpu")
     with tempfile.TemporaryDirectory() as tmp:

@@ -125,3 +125,6 @@ def test_turn_positions_writes_its_table(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         turn_positions.main(["--block", "3", "--out", str(tmp_path)])
     assert "--block=3 must be more than 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        turn_positions.main(["--turns", "0", "--out", str(tmp_path)])
+    assert "--turns=0 must be at least 1" in capsys.readouterr().err
