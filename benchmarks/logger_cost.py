@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback
 
-from benchmarks.train_speed import write_fake_emnist
+from benchmarks.train_speed import save_result, write_fake_emnist
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     ]  # fmt: skip
     result = {"config": vars(args) | {"out": str(args.out)}, "time": datetime.now().isoformat(), "rows": rows}
     print_table(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"logger_cost-{datetime.now():%Y%m%d-%H%M%S}.json").write_text(json.dumps(result, indent=1))
+    save_result(result, args.out, "logger_cost")
     return result
 
 

@@ -177,6 +177,33 @@ def check_turns(steps: int, block: int, settle: int) -> None:
         raise ValueError(f"--steps={steps} must be a multiple of --block={block}")
 
 
+def add_turn_arguments(p: argparse.ArgumentParser, repeats: int) -> None:
+    """The options of how the paths take turns, and of how many runs there are."""
+    p.add_argument("--steps", type=int, default=200, help="timed steps of each path per run")
+    p.add_argument("--block", type=int, default=10, help="steps of one path before the next takes its turn")
+    p.add_argument(
+        "--settle",
+        type=int,
+        default=3,
+        help="untimed steps at the start of each path's turn, before its --block timed ones",
+    )
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=repeats, help="fresh runs; medians are reported")
+
+
+def parse_turns(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; a turn setting or ``--repeats`` that cannot be run is an argparse error, before
+    any work."""
+    args = p.parse_args(argv)
+    try:
+        check_turns(args.steps, args.block, args.settle)
+    except ValueError as err:
+        p.error(str(err))
+    if args.repeats < 1:
+        p.error(f"--repeats={args.repeats} must be at least 1")
+    return args
+
+
 class _Interleave(Callback):
     """Times the framework's training steps in turns, and between two turns runs a turn of each plain
     loop. Every path is then measured in the same stretches of time, so a slow spell of a shared machine
@@ -328,26 +355,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-test", type=int, default=N_TEST, help="test images written and AUROC-scored")
     p.add_argument("--n-layers", type=int, nargs="+", default=[2, 6])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
-    p.add_argument("--steps", type=int, default=200, help="timed steps of each path per run")
-    p.add_argument("--block", type=int, default=10, help="steps of one path before the next takes its turn")
-    p.add_argument(
-        "--settle",
-        type=int,
-        default=3,
-        help="untimed steps at the start of each path's turn, before its --block timed ones",
-    )
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=3, help="runs of the three paths; medians are reported")
+    add_turn_arguments(p, repeats=3)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the model in every path")
     p.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
     p.add_argument("--memory-n-train", type=int, default=N_BYCLASS_TRAIN, help="0 skips the memory run")
     p.add_argument("--out", type=Path, default=Path("bench_results"))
-    args = p.parse_args(argv)
-    try:
-        check_turns(args.steps, args.block, args.settle)
-    except ValueError as err:
-        p.error(str(err))
+    args = parse_turns(p, argv)
     skip_unloadable_nvml_check()  # in every path alike; see src.cuda_check
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     setup = Setup(device, args.compile, args.precision)
@@ -386,11 +400,17 @@ def main(argv: list[str] | None = None) -> dict:
             args.memory_n_train, max(args.n_layers), max(args.batch_sizes), setup
         )
     print_table(result)
-    args.out.mkdir(exist_ok=True)
-    path = args.out / f"train_speed-{datetime.now():%Y%m%d-%H%M%S}.json"
+    save_result(result, args.out, "train_speed")
+    return result
+
+
+def save_result(result: dict, out_dir: Path, name: str) -> Path:
+    """Write a benchmark's result to ``out_dir/<name>-<time>.json``, so that runs can be compared."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}-{datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"\nwritten: {path}")
-    return result
+    return path
 
 
 def print_table(r: dict) -> None:

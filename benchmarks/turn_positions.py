@@ -10,7 +10,6 @@ writes them to ``bench_results/turn_positions-<time>.json``.
 """
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -18,7 +17,15 @@ from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 
-from benchmarks.train_speed import ReferenceLoop, Setup, _Interleave, framework, train_step, write_fake_emnist
+from benchmarks.train_speed import (
+    ReferenceLoop,
+    Setup,
+    _Interleave,
+    framework,
+    save_result,
+    train_step,
+    write_fake_emnist,
+)
 from src.cuda_check import skip_unloadable_nvml_check
 from src.data.datamodule import OneClassDataModule
 
@@ -117,10 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         r = result[path]
         cells = " | ".join(f"{m:.2f}" for m in r["median_ms"])
         print(f"| {path} | {cells} | {r['first_steps_extra_ms']:.2f} |")
-    args.out.mkdir(exist_ok=True)
-    out = args.out / f"turn_positions-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nwritten: {out}")
+    save_result(result, args.out, "turn_positions")
     return result
 
 

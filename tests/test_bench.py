@@ -4,7 +4,7 @@ import statistics
 import pytest
 import torch
 
-from benchmarks import logger_cost, turn_positions
+from benchmarks import logger_cost, loop_cost, turn_positions
 from benchmarks.train_speed import ReferenceLoop, Setup, _Interleave, framework, main, write_fake_emnist
 
 
@@ -39,10 +39,14 @@ def test_interleaving_runs_every_path_for_the_same_number_of_timed_steps(tmp_pat
         _Interleave(loops, steps=4, block=2, warmup=0, setup=setup, settle=-1)
 
 
-def test_bench_refuses_turns_it_cannot_run_before_any_work(tmp_path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [("--block=0", "--block=0 must be at least 1"), ("--repeats=0", "--repeats=0 must be at least 1")],
+)
+def test_bench_refuses_turns_it_cannot_run_before_any_work(tmp_path, capsys, flag, message) -> None:
     with pytest.raises(SystemExit):
-        main(["--steps", "200", "--block", "0", "--out", str(tmp_path / "out")])
-    assert "--block=0 must be at least 1" in capsys.readouterr().err
+        main(["--steps", "200", flag, "--out", str(tmp_path / "out")])
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -128,3 +132,40 @@ def test_turn_positions_writes_its_table(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         turn_positions.main(["--turns", "0", "--out", str(tmp_path)])
     assert "--turns=0 must be at least 1" in capsys.readouterr().err
+
+
+def test_loop_cost_times_both_lightning_paths_against_their_references(tmp_path, capsys) -> None:
+    args = ["--n-train", "1500", "--steps", "4", "--block", "2", "--settle", "1", "--warmup", "1",
+            "--repeats", "2", "--out", str(tmp_path)]  # fmt: skip
+    result = loop_cost.main(args)
+    for path in ("model_only", "framework"):
+        runs = result[path]["runs"]
+        assert len(runs) == 2 and all(r["ms"] > 0 and r["reference_ms"] > 0 for r in runs)
+        assert all(r["extra_ms"] == pytest.approx(r["ms"] - r["reference_ms"]) for r in runs)
+        for key in ("ms", "reference_ms", "extra_ms"):
+            assert result[path][key] == statistics.median(r[key] for r in runs)
+    [saved] = tmp_path.glob("loop_cost-*.json")
+    assert json.loads(saved.read_text()) == result
+    out = capsys.readouterr().out
+    assert "| Lightning, model only | " in out and "| framework | " in out
+
+
+def test_loop_cost_model_only_path_takes_turns_with_its_reference(tmp_path) -> None:
+    write_fake_emnist(tmp_path, 1500, 500)
+    x = torch.randint(0, 256, (1500, 784), dtype=torch.uint8)
+    reference = _RecordingLoop(x, 1, 32, Setup("cpu"))
+    interleave = _Interleave([reference], steps=6, block=2, warmup=3, setup=Setup("cpu"), settle=1)
+    loop_cost.model_only(tmp_path, 1, 32, interleave)
+    assert reference.turns == [3] + [1, 2] * 3  # warm-up, then three turns of 1 untimed + 2 timed
+    assert all(s > 0 for s in interleave.seconds)
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [("--repeats=0", "--repeats=0 must be at least 1"), ("--block=0", "--block=0 must be at least 1")],
+)
+def test_loop_cost_refuses_settings_it_cannot_run_before_any_work(tmp_path, capsys, flag, message) -> None:
+    with pytest.raises(SystemExit):
+        loop_cost.main([flag, "--out", str(tmp_path / "out")])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
