@@ -40,9 +40,9 @@ from benchmarks.train_speed import (
     save_result,
     write_fake_emnist,
 )
-from src.cuda_check import skip_unloadable_nvml_check
 from src.data.datamodule import OneClassDataModule
 from src.models.components.loss import autoencoder_loss
+from src.runtime.process import skip_unloadable_nvml_check
 
 
 class _ModelOnly(LightningModule):
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     add_turn_arguments(p, repeats=5)
     p.add_argument("--out", type=Path, default=Path("bench_results"))
     args = parse_turns(p, argv)
-    skip_unloadable_nvml_check()  # as in benchmarks.train_speed; see src.cuda_check
+    skip_unloadable_nvml_check()  # as in benchmarks.train_speed; see src.runtime.process
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_fake_emnist(root, args.n_train, 1000)

@@ -18,8 +18,8 @@ The three are timed in the same stretches of time: they take turns, and each tur
 ``--settle`` untimed steps (caches refilling after the other paths' turns) and ``--block`` timed ones.
 Each run gives one ratio per pair of paths; the medians over ``--repeats`` fresh runs are
 reported, with the range of framework / reference. Memory and the DataModule's set-up time are
-measured separately, in fresh processes that train on byclass-sized data (``--memory-n-train``,
-default 697,932 images): one that decodes the raw files, one that reads the decoded cache. Results go to
+measured separately, in a fresh process that trains on byclass-sized data (``--memory-n-train``,
+default 697,932 images) and decodes its raw files. Results go to
 ``bench_results/train_speed-<time>.json``.
 """
 
@@ -46,12 +46,13 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from src.cuda_check import skip_unloadable_nvml_check
 from src.data.datamodule import OneClassDataModule
-from src.metrics import AnomalyMetrics
 from src.models.components.autoencoder import AutoEncoder
 from src.models.components.loss import autoencoder_loss
+from src.models.metrics import AnomalyMetrics
 from src.models.module import AnomalyAutoEncoder
+from src.runtime.process import skip_unloadable_nvml_check
+from tests.helpers.idx import write_idx
 
 REPO = Path(__file__).resolve().parents[1]
 N_TEST = 116_323  # EMNIST byclass test split
@@ -78,16 +79,12 @@ class Setup:
 
 
 def write_fake_emnist(root: Path, n_train: int, n_test: int) -> None:
-    """Random digits-like images in EMNIST byclass's raw IDX layout (62 classes)."""
+    """Random images in EMNIST byclass's raw IDX layout (62 classes), through the tests' IDX writer."""
     rng = np.random.default_rng(0)
-    raw = root / "EMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
     for part, n in (("train", n_train), ("test", n_test)):
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 62, size=n, dtype=np.uint8)
-        for kind, arr in (("images-idx3", images), ("labels-idx1", labels)):
-            header = bytes([0, 0, 8, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
-            (raw / f"emnist-byclass-{part}-{kind}-ubyte").write_bytes(header + arr.tobytes())
+        prefix = root / "EMNIST" / "raw" / f"emnist-byclass-{part}"
+        write_idx(Path(f"{prefix}-images-idx3-ubyte"), rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8))
+        write_idx(Path(f"{prefix}-labels-idx1-ubyte"), rng.integers(0, 62, size=n, dtype=np.uint8))
 
 
 def make_model(n_layers: int, setup: Setup) -> AutoEncoder:
@@ -207,16 +204,14 @@ def parse_turns(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 class _Interleave(Callback):
     """Times the framework's training steps in turns, and between two turns runs a turn of each plain
     loop. Every path is then measured in the same stretches of time, so a slow spell of a shared machine
-    falls on all of them and the ratios stay put: measured one after the other, whole runs of the same
-    path differed by up to 30 % here.
+    falls on all of them and the ratios stay put, where whole runs measured one after the other do not.
 
     A turn is ``settle`` untimed steps, then ``block`` timed ones. The first steps after another path's
     turn run on caches that path has filled with its own data, and the framework, with more code and
-    objects per step, takes longer to get back to speed than a plain loop (on CPU, ``n_layers=2``, batch
-    128, the first three steps of a turn took 1.2-1.3 ms more than settled ones, against 0.8 ms for the
-    reference: ``benchmarks.turn_positions``). A real run never switches like this, so those steps are
-    left out. Work the framework does every N steps still falls on timed and untimed steps in
-    proportion, as long as the turn's length is prime to N (the default 13, against 20, 50 and 100).
+    objects per step, takes longer to get back to speed than a plain loop. A real run never switches
+    like this, so those steps are left out. Work the framework does every N steps still falls on timed
+    and untimed steps in proportion, as long as the turn's length is prime to N (the default 13, against
+    20, 50 and 100).
 
     ``seconds[0]`` is the framework's time, ``seconds[1:]`` that of each plain loop; each spans
     ``steps`` steps once ``trainer.fit`` has run ``total_steps + 1`` steps."""
@@ -336,16 +331,14 @@ def memory_child(root: str, n_layers: int, batch: int, steps: int, setup: Setup)
 
 
 def measure_memory(n_train: int, n_layers: int, batch: int, setup: Setup) -> dict:
-    """Two runs, each in a fresh process: the first decodes the raw files and writes the decoded
-    cache, the second reads from it (what every later job of a sweep does)."""
+    """One run in a fresh process, which decodes the raw files as every job of a sweep does."""
     out = {"n_train_images": n_train, "n_layers": n_layers, "batch_size": batch}
     with tempfile.TemporaryDirectory() as tmp:
         write_fake_emnist(Path(tmp), n_train, N_TEST)
-        for run in ("first_run", "cached"):
-            with multiprocessing.get_context("spawn").Pool(1) as pool:
-                out[run] = pool.apply(memory_child, (tmp, n_layers, batch, 20, setup))
-                pool.close()  # let the worker exit by itself: terminated, it leaks a semaphore warning
-                pool.join()
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            out["run"] = pool.apply(memory_child, (tmp, n_layers, batch, 20, setup))
+            pool.close()  # let the worker exit by itself: terminated, it leaks a semaphore warning
+            pool.join()
     return out
 
 
@@ -362,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--memory-n-train", type=int, default=N_BYCLASS_TRAIN, help="0 skips the memory run")
     p.add_argument("--out", type=Path, default=Path("bench_results"))
     args = parse_turns(p, argv)
-    skip_unloadable_nvml_check()  # in every path alike; see src.cuda_check
+    skip_unloadable_nvml_check()  # in every path alike; see src.runtime.process
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     setup = Setup(device, args.compile, args.precision)
     args.warmup += 20 if setup.compile else 0  # compilation happens in the first steps
@@ -429,18 +422,15 @@ def print_table(r: dict) -> None:
               f"| {row['reference_over_naive']:.1f}x |")  # fmt: skip
     print(f"\ntest AUROC over {r['n_test_scores']:,} scores: {r['test_auroc_s'] * 1000:.0f} ms")
     if m := r.get("memory"):
-        gpu = "peak_gpu_mib" in m["first_run"]
+        gpu = "peak_gpu_mib" in m["run"]
         print(
             f"\n{m['n_train_images']:,} training images, n_layers={m['n_layers']}, batch {m['batch_size']}:"
         )
-        print(
-            "| run | DataModule set-up (s) | peak RSS (MiB) |" + (" peak GPU memory (MiB) |" if gpu else "")
-        )
-        print("|---|---|---|" + ("---|" if gpu else ""))
-        for run, label in (("first_run", "first (decode + write cache)"), ("cached", "later (from cache)")):
-            row = m[run]
-            extra = f" {row['peak_gpu_mib']:,.0f} |" if gpu else ""
-            print(f"| {label} | {row['datamodule_setup_s']:.2f} | {row['peak_rss_mib']:,.0f} |{extra}")
+        print("| DataModule set-up (s) | peak RSS (MiB) |" + (" peak GPU memory (MiB) |" if gpu else ""))
+        print("|---|---|" + ("---|" if gpu else ""))
+        row = m["run"]
+        extra = f" {row['peak_gpu_mib']:,.0f} |" if gpu else ""
+        print(f"| {row['datamodule_setup_s']:.2f} | {row['peak_rss_mib']:,.0f} |{extra}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ distributions of normal and anomalous samples), and ``scores_by_class.csv`` and 
 """
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import roc_auc_score
 
-from src import plots
-from src.cli import quiet_dependency_notices, stop_on, torch_settings
-from src.config import ConfigError, torch_setting_problems
-from src.cuda_check import skip_unloadable_nvml_check
+from src.analysis import plots
 from src.data.datamodule import OneClassDataModule, resolve_anomaly_classes
-from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundError, class_names
-from src.instantiate import instantiate_trainer
-from src.loggers import wandb_run_id
-from src.metrics import AnomalyMetrics
+from src.data.sources import class_names
+from src.errors import ConfigError, UsageError
+from src.models.metrics import AnomalyMetrics
 from src.models.module import AnomalyAutoEncoder
-from src.results import METRICS_FILE, provenance, read_metrics, write_json_atomic
-from src.wandb_access import wandb_mode
+from src.runtime.composition import check_command_line
+from src.runtime.config import register_configs, torch_setting_problems
+from src.runtime.instantiate import instantiate_trainer
+from src.runtime.loggers import wandb_run_id
+from src.runtime.process import quiet_dependency_notices, skip_unloadable_nvml_check, stop_on, torch_settings
+from src.runtime.records import METRICS_FILE, provenance, read_metrics, write_json_atomic
+from src.runtime.wandb_access import log_to_wandb
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +201,7 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json_atomic(out / EVAL_FILE, record)
     if cfg.wandb.enabled:  # after the files: W&B trouble costs no result
-        log_to_wandb(cfg, record, out, by_class)
+        upload(cfg, record, out, by_class)
     return record
 
 
@@ -257,13 +259,9 @@ def _load(
     return datamodule, model
 
 
-def log_to_wandb(cfg: DictConfig, record: dict[str, Any], out: Path, by_class: pd.DataFrame) -> None:
+def upload(cfg: DictConfig, record: dict[str, Any], out: Path, by_class: pd.DataFrame) -> None:
     """A W&B run of job type ``eval``: the metrics as its summary, the per-class table, both plots, and
-    the id of the training run it scores (``train_run_id``). Offline without credentials; a failure is
-    a warning."""
-    import wandb
-
-    mode = wandb_mode()
+    the id of the training run it scores (``train_run_id``)."""
     stage, train_dir = record["stage"], Path(record["checkpoint"]).parent.parent
     config = {
         "checkpoint": record["checkpoint"],
@@ -273,18 +271,17 @@ def log_to_wandb(cfg: DictConfig, record: dict[str, Any], out: Path, by_class: p
     }
     config |= {f"data.{k}": v for k, v in record["data"].items()}
     config |= {f"model.{k}": v for k, v in record["model"].items()}
-    try:
-        with wandb.init(project=cfg.wandb.project, job_type="eval", name=f"eval-{train_dir.name}",
-                        dir=str(out), config=config, mode=mode) as run:  # fmt: skip
-            run.log({
-                "scores_by_class": wandb.Table(dataframe=by_class),
-                "scores": wandb.Image(str(out / "scores.png")),
-                "scores_by_class_plot": wandb.Image(str(out / "scores_by_class.png")),
-            })  # fmt: skip
-            keys = (f"{stage}/auroc", f"{stage}/auprc", "n_normal", "n_anomaly")
-            run.summary.update({k: record[k] for k in keys})
-    except Exception as err:
-        log.warning("W&B logging failed (%s: %s); the results are in %s.", type(err).__name__, err, out)
+    keys = (f"{stage}/auroc", f"{stage}/auprc", "n_normal", "n_anomaly")
+    log_to_wandb(
+        out,
+        project=cfg.wandb.project,
+        name=f"eval-{train_dir.name}",
+        job_type="eval",
+        config=config,
+        tables={"scores_by_class": by_class},
+        images={"scores": out / "scores.png", "scores_by_class_plot": out / "scores_by_class.png"},
+        summary={k: record[k] for k in keys},
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
@@ -292,8 +289,7 @@ def main(cfg: DictConfig) -> float | None:
     quiet_dependency_notices()
     try:
         record = evaluate(cfg)
-    except (ConfigError, DatasetNotFoundError, CorruptDataError, CacheWriteError) as err:
-        # a setting or a data file to fix: the message names it and the fix
+    except UsageError as err:  # a setting or a data file to fix: the message names it and the fix
         stop_on(err, exit_code=2, logger=log)
     stage = record["stage"]
     print(
@@ -305,4 +301,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    register_configs()
+    check_command_line("eval", sys.argv[1:])
     main()

@@ -15,17 +15,16 @@ from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from src.callbacks import StopAfterStepOnCtrlC
-from src.cli import quiet_dependency_notices, stop_on, torch_settings
-from src.config import ConfigError, check_config, register_configs
-from src.cuda_check import skip_unloadable_nvml_check
-from src.data.datamodule import SplitTooSmallError
-from src.data.sources import CacheWriteError, CorruptDataError, DatasetNotFoundError
-from src.instantiate import instantiate_callbacks, instantiate_trainer
-from src.loggers import flat_config, instantiate_loggers, log_summaries
-from src.models.step_values import DivergedError
-from src.results import METRICS_FILE, provenance, read_metrics, write_json_atomic
-from src.resume import checkpoint_step, resume_path
+from src.errors import UsageError
+from src.runtime.callbacks.training_monitor import DivergedError, TrainingMonitor
+from src.runtime.composition import check_command_line
+from src.runtime.config import check_config, register_configs
+from src.runtime.ctrl_c import StopAfterStepOnCtrlC
+from src.runtime.instantiate import instantiate_callbacks, instantiate_trainer
+from src.runtime.loggers import flat_config, instantiate_loggers, log_summaries
+from src.runtime.process import quiet_dependency_notices, skip_unloadable_nvml_check, stop_on, torch_settings
+from src.runtime.records import METRICS_FILE, provenance, read_metrics, write_json_atomic
+from src.runtime.resume import checkpoint_step, resume_path
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +51,16 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
             _exit_130_after_ctrl_c(trainer, err, ctrl_c.pressed)
             raise
     fit_metrics = dict(trainer.callback_metrics)
-    if "train/epoch_loss" not in fit_metrics and model.epoch_loss_n:
+    loss = model.train_loss
+    if "train/epoch_loss" not in fit_metrics and loss.weight > 0:
         # resumed from its final checkpoint (stopped while testing): no epoch ran in this process, and the
-        # last epoch's loss sum came with the checkpoint; reduced across ranks as ``self.log`` does
-        mean = model.epoch_loss_sum / model.epoch_loss_n
-        fit_metrics["train/epoch_loss"] = trainer.strategy.reduce(mean, reduce_op="mean")
+        # last epoch's sums came with the checkpoint; reduced across ranks as ``self.log`` does
+        fit_metrics["train/epoch_loss"] = trainer.strategy.reduce(
+            loss.mean_value / loss.weight, reduce_op="mean"
+        )
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None else ""
+    monitor = next((c for c in trainer.callbacks if isinstance(c, TrainingMonitor)), None)
     if not best:
         log.warning(
             "No best checkpoint (training stopped before any validation, or no ModelCheckpoint, or "
@@ -77,7 +79,7 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
         "val/auroc": float(ckpt.best_model_score) if best else value(fit_metrics, "val/auroc"),
         "test/auroc": value(test_metrics, "test/auroc"),
         "test/auprc": value(test_metrics, "test/auprc"),
-        "train/g_norm_max": float(model.g_norm_max),
+        "train/g_norm_max": monitor.g_norm_max if monitor else None,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "best_checkpoint": best or None,
@@ -168,13 +170,7 @@ def main(cfg: DictConfig) -> float | None:
         check_config(cfg)
         metrics, _ = train(cfg)
         exit_code = 0
-    except (
-        ConfigError,
-        DatasetNotFoundError,
-        CorruptDataError,
-        CacheWriteError,
-        SplitTooSmallError,
-    ) as err:  # a setting or a data file to fix: the message names it and the fix
+    except UsageError as err:  # a setting or a data file to fix: the message names it and the fix
         stop_on(err, exit_code=2, logger=log)
     except DivergedError as err:
         stop_on(err, exit_code=3, logger=log)
@@ -195,4 +191,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     register_configs()
+    check_command_line("train", sys.argv[1:])
     main()

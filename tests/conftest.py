@@ -8,9 +8,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from src.config import register_configs
+from src.runtime.config import register_configs
 from src.train import train
-from tests.idx import write_fake_emnist
+from tests.helpers.idx import write_fake_emnist
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +43,7 @@ def as_run(cfg: DictConfig, out: Path) -> DictConfig:
 
 def eval_cfg(out: Path, *overrides: str) -> DictConfig:
     """Compose ``eval.yaml`` with overrides, as ``python -m src.eval`` would run it in ``out``."""
+    register_configs()
     GlobalHydra.instance().clear()
     with initialize(version_base="1.3", config_path="../conf"):
         cfg = compose("eval", overrides=list(overrides), return_hydra_config=True)

@@ -16,14 +16,14 @@ from sklearn.metrics import roc_auc_score
 from torchvision.datasets import EMNIST
 
 import src.eval
-from src.config import ConfigError
 from src.data.sources import load_digits
 from src.eval import BY_CLASS_FILE, EVAL_FILE, SCORES_FILE, evaluate, scores_by_class
-from src.loggers import wandb_run_id
 from src.models.module import AnomalyAutoEncoder
+from src.runtime.config import ConfigError
+from src.runtime.loggers import wandb_run_id
 from src.train import train
 from tests.conftest import REPO, as_run, compose_train, eval_cfg
-from tests.wandb_file import offline_run_files, read_run
+from tests.helpers.wandb_file import offline_run_files, read_run
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from tests.conftest import REPO
 def test_importing_any_src_module_changes_nothing_in_the_process(tmp_path: Path) -> None:
     """Importing a ``src`` module has no side effects. Whatever ``src`` imports from other
     packages is imported first, so only what ``src``'s own code does at import shows."""
-    probe = REPO / "tests" / "import_probe.py"
+    probe = REPO / "tests" / "helpers" / "import_probe.py"
     proc = subprocess.run([sys.executable, str(probe), str(REPO)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

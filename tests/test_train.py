@@ -15,13 +15,13 @@ from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from omegaconf import open_dict
 
 import src.train
-from src.cli import quiet_dependency_notices
-from src.config import ConfigError
 from src.data.datamodule import NoTrainingBatchError
 from src.models.module import AnomalyAutoEncoder
+from src.runtime.config import ConfigError
+from src.runtime.process import quiet_dependency_notices
 from src.train import train
 from tests.conftest import REPO, csv_metric, epoch_losses
-from tests.wandb_file import offline_run_files, read_run
+from tests.helpers.wandb_file import offline_run_files, read_run
 
 METRIC_KEYS = {"train/loss", "val/auroc", "test/auroc", "test/auprc", "n_params", "wall_time_s"}
 

@@ -3,16 +3,22 @@ bundled digits and MNIST-5k, and the user's own arrays in an .npz file."""
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from src.data.loaders import (
+    InMemoryBatches,
+    RankShareLoader,
+    ResumableDataLoader,
+    TensorBatchSampler,
+    as_batch,
+)
 from src.data.sources import (
     BUNDLED,
     DATASETS,
@@ -26,6 +32,7 @@ from src.data.sources import (
     raw_files,
 )
 from src.data.splits import anomaly_mask, one_class_split
+from src.errors import UsageError
 
 AnomalyClass = int | str | Sequence[int | str]
 
@@ -35,151 +42,12 @@ MIN_PER_CLASS = 10
 log = logging.getLogger(__name__)
 
 
-class SplitTooSmallError(ValueError):
+class SplitTooSmallError(UsageError, ValueError):
     """A split, as built, is too small for the run's settings."""
 
 
 class NoTrainingBatchError(SplitTooSmallError):
     """The training split, as built, gives no batch to train on."""
-
-
-class InMemoryBatches(Dataset):
-    """uint8 images held in memory and batched by index; floats exist only one batch at a time."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y  # (N, D) uint8, (N,) int64
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[i].float().div_(255), self.y[i]
-
-    def to(self, device: torch.device) -> "InMemoryBatches":
-        self.x, self.y = self.x.to(device), self.y.to(device)
-        return self
-
-    def __getitems__(self, indices: torch.Tensor | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices, device=self.x.device)
-        return self.x[idx].float().div_(255), self.y[idx]  # (B, D) float32, (B,) int64
-
-
-class TensorBatchSampler(BatchSampler):
-    """A ``BatchSampler`` whose batches are index tensors cut from one permutation per epoch, rather
-    than lists of Python ints built one index at a time (0.1 ms a batch of 128 on CPU).
-
-    Over a ``RandomSampler`` (``shuffle=True``) or a ``SequentialSampler`` it yields the same batches
-    as ``BatchSampler``, from the same random draw, so seeded runs shuffle exactly as with a plain
-    ``DataLoader``. Over any other sampler (the ``DistributedSampler`` Lightning puts in under DDP) it
-    batches that sampler's indices, taken once an epoch.
-
-    ``device``: where the indices go, that of the data they index. The permutation is drawn on the CPU
-    (so the draw is the same everywhere) and moved once an epoch, not once a batch: on a GPU each
-    host-to-device copy of a batch's indices would wait for the queued work.
-
-    ``resume_at`` makes the next epoch's batches those a stopped run had left of its epoch: its order
-    drawn again from the generator state saved with the checkpoint (``order_state``), less the batches
-    already trained on.
-    """
-
-    def __init__(self, sampler, batch_size: int, drop_last: bool, device: torch.device | str = "cpu") -> None:
-        super().__init__(sampler, batch_size, drop_last)
-        self.device = torch.device(device)
-        self.order_state: torch.Tensor | None = None  # the generator state this epoch's order came from
-        self._resume: tuple[torch.Tensor | None, int] | None = None
-
-    def resume_at(self, order_state: torch.Tensor | None, batches_done: int) -> None:
-        self._resume = (order_state, batches_done)
-
-    def __iter__(self):
-        state, skip = self._resume or (None, 0)
-        self._resume = None
-        batches = self._order(state).to(self.device).split(self.batch_size)
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches = batches[:-1]
-        yield from batches[skip:]
-
-    def _order(self, state: torch.Tensor | None) -> torch.Tensor:
-        """This epoch's order, drawn as ``RandomSampler`` draws it, or from generator ``state``."""
-        sampler = self.sampler
-        if type(sampler) is SequentialSampler:
-            return torch.arange(len(sampler.data_source))
-        n = len(sampler.data_source) if type(sampler) is RandomSampler else -1
-        if n < 0 or sampler.replacement or sampler.num_samples != n:
-            return torch.as_tensor(list(sampler), dtype=torch.int64)
-        generator = sampler.generator
-        if generator is None:  # as ``RandomSampler.__iter__`` draws it
-            generator = torch.Generator()
-            if state is None:
-                generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
-        if state is not None:
-            generator.set_state(state)
-        self.order_state = generator.get_state()
-        return torch.randperm(n, generator=generator)
-
-
-class ResumableDataLoader(DataLoader):
-    """A training ``DataLoader`` that a checkpoint saved mid-epoch records and a resume restores, so
-    the resumed run finishes that epoch on the very batches, and with the very random numbers, it
-    would have had it not stopped.
-
-    This is Lightning's interface for stateful loaders (``state_dict`` and ``load_state_dict``; without
-    it Lightning warns that a mid-epoch resume "can cause unreliable results"). ``epoch_position``
-    gives Lightning's own count of the current epoch's batches trained on and of the batches in it.
-    """
-
-    def __init__(self, *args, epoch_position: Callable[[], tuple[int, float]], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.epoch_position = epoch_position
-        self._resuming = False
-
-    def state_dict(self) -> dict[str, Any]:
-        done, total = self.epoch_position()
-        if done == 0 or done >= total:  # between epochs: the next one draws its order afresh
-            return {}
-        return {"batches_done": done, "order_state": self.batch_sampler.order_state}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict:
-            self.batch_sampler.resume_at(state_dict["order_state"], state_dict["batches_done"])
-            self._resuming = True
-
-    def __iter__(self):
-        return self._batches()
-
-    def _batches(self):
-        # A generator, so the DataLoader's iterator is made when the first batch is asked for, not when
-        # Lightning calls ``iter``: making one draws a seed from torch's generator, and Lightning makes
-        # one it never uses when it resumes from a checkpoint saved between validation and the epoch's
-        # end (``val_check_interval`` < 1).
-        resuming, self._resuming = self._resuming, False
-        rng = torch.get_rng_state()
-        iterator = super().__iter__()
-        if resuming:  # the stopped run drew that seed at the start of the epoch, before its checkpoint
-            torch.set_rng_state(rng)
-        yield from iterator
-
-
-class RankShareLoader(DataLoader):
-    """An evaluation ``DataLoader`` over this rank's share of the samples under DDP: each sample is
-    scored on one rank only, so the AUROC gathered over the ranks is that of a one-device run.
-
-    Lightning puts its ``DistributedSampler`` into every loader whose ``sampler`` is not one already,
-    and that sampler repeats up to (ranks - 1) samples so that every rank gets as many. Here the batch
-    sampler draws from an ``UnrepeatedDistributedSampler`` (shares differ by one sample at most), and
-    ``sampler`` names it, so Lightning keeps this loader as it is. Nothing in an evaluation step waits
-    for the other ranks, so a rank may run one batch fewer.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        # a DataLoader refuses to have ``sampler`` set once built; it reads it only without a batch sampler
-        object.__setattr__(self, "sampler", self.batch_sampler.sampler)
-
-
-def _as_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``InMemoryBatches.__getitems__`` already returns a whole batch: nothing left to collate."""
-    return batch
 
 
 def resolve_anomaly_classes(anomaly_class: AnomalyClass, names: list[str]) -> list[int]:
@@ -282,8 +150,6 @@ class OneClassDataModule(LightningDataModule):
         seed: seeds the split, independently of the training seed.
         download: let torchvision download missing files.
         num_workers: DataLoader workers; 0 (the default) is fastest for in-memory data.
-        cache: keep a decoded copy next to the raw files and read later runs from it (see
-            ``src.data.sources``); ``False`` decodes the raw files every run.
         path: for ``npz`` only, the ``.npz`` file (see ``src.data.sources.NPZ_FORMAT``).
         drop_last: train on full batches only, dropping each epoch's short last batch (its BatchNorm
             statistics come from fewer samples and its gradient norm spikes). A last batch of one
@@ -303,7 +169,6 @@ class OneClassDataModule(LightningDataModule):
         seed: int = 0,
         download: bool = False,
         num_workers: int = 0,
-        cache: bool = True,
         path: str | None = None,
         drop_last: bool = False,
     ) -> None:
@@ -343,22 +208,22 @@ class OneClassDataModule(LightningDataModule):
             return
         if hp.dataset == "digits" or hp.download:
             return
-        if not all(p.is_file() for p in raw_files(hp.dataset, self._root, hp.split)):
-            raise not_found(hp.dataset, self._root, hp.split, download=False)
+        if not all(p.is_file() for p in raw_files(hp.dataset, self.data_root, hp.split)):
+            raise not_found(hp.dataset, self.data_root, hp.split, download=False)
 
     def prepare_data(self) -> None:
         if self.hparams.download and self.hparams.dataset not in (*BUNDLED, "npz"):
-            load_source(self.hparams.dataset, self._root, self.hparams.split, True, self.hparams.cache)
+            load_source(self.hparams.dataset, self.data_root, self.hparams.split, download=True)
 
     @property
-    def _root(self) -> Path:
+    def data_root(self) -> Path:
         return Path(self.hparams.root).expanduser().resolve()
 
     def setup(self, stage: str | None = None) -> None:
         if self.data_train is not None:
             return
         hp = self.hparams
-        src = load_source(hp.dataset, self._root, hp.split, download=False, cache=hp.cache, path=hp.path)
+        src = load_source(hp.dataset, self.data_root, hp.split, download=False, path=hp.path)
         idx = one_class_split(
             src.y_train, src.y_test, self.anomaly_classes, hp.anomaly_ratio, hp.val_fraction, hp.seed
         )
@@ -370,10 +235,9 @@ class OneClassDataModule(LightningDataModule):
             )
         is_anom_train = anomaly_mask(src.y_train, self.anomaly_classes).long()
         is_anom_test = anomaly_mask(src.y_test, self.anomaly_classes).long()
-        device = self._device()  # on a GPU the uint8 data lives there: no host copy per batch
-        self.data_train = InMemoryBatches(src.x_train[idx.train], is_anom_train[idx.train]).to(device)
-        self.data_val = InMemoryBatches(src.x_train[idx.val], is_anom_train[idx.val]).to(device)
-        self.data_test = InMemoryBatches(src.x_test[idx.test], is_anom_test[idx.test]).to(device)
+        self.data_train = InMemoryBatches(src.x_train[idx.train], is_anom_train[idx.train])
+        self.data_val = InMemoryBatches(src.x_train[idx.val], is_anom_train[idx.val])
+        self.data_test = InMemoryBatches(src.x_test[idx.test], is_anom_test[idx.test])
         # per val/test sample: its index in the source's train/test split and its class label
         self.source_rows = {
             "val": (idx.val, src.y_train[idx.val]),
@@ -386,10 +250,10 @@ class OneClassDataModule(LightningDataModule):
             "test_normal": len(idx.test) - int(is_anom_test[idx.test].sum()),
             "test_anomaly": int(is_anom_test[idx.test].sum()),
         }
-        self._report_split()
+        self.report_split()
 
     @rank_zero_only
-    def _report_split(self) -> None:
+    def report_split(self) -> None:
         """Log how many normals and anomalies each split holds; warn where one class is too rare for
         AUROC to say much (a high ``anomaly_ratio`` on a small source)."""
         n, hp = self.split_sizes, self.hparams
@@ -415,33 +279,18 @@ class OneClassDataModule(LightningDataModule):
                     MIN_PER_CLASS, " or ".join(few),
                 )  # fmt: skip
 
-    def _device(self) -> torch.device:
-        trainer = self.trainer
-        if trainer is None or self.hparams.num_workers > 0:  # workers cannot share CUDA tensors
-            return torch.device("cpu")
-        return trainer.strategy.root_device
-
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        # Without workers the batches are built on the training device already (see ``setup``): skip
-        # Lightning's generic walk over the batch.
-        if isinstance(batch, tuple | list) and all(
-            isinstance(t, torch.Tensor) and t.device == device for t in batch
-        ):
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
-    def _loader(self, data: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def make_loader(self, data: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         # BatchNorm cannot train on a last batch of one sample: drop it then even without drop_last.
         drop_last = shuffle and (self.hparams.drop_last or len(data) % batch_size == 1)
         sampler = RandomSampler(data) if shuffle else SequentialSampler(data)
         loader_cls = ResumableDataLoader if shuffle else DataLoader
         ranks = self.trainer.world_size if self.trainer is not None else 1
         if not shuffle and ranks > 1:
-            sampler = self._rank_share(data, ranks)
+            sampler = self.rank_share_sampler(data, ranks)
             loader_cls = RankShareLoader
         workers = self.hparams.num_workers
         if shuffle:
-            kwargs = {"epoch_position": self._epoch_position}
+            kwargs = {"epoch_position": self.epoch_position}
         elif workers > 0:
             # A loader with persistent workers draws its workers' seed from torch's generator once, when
             # first iterated: for val, at the first validation, which a resumed run reaches after its
@@ -452,14 +301,14 @@ class OneClassDataModule(LightningDataModule):
             kwargs = {}
         return loader_cls(
             data,
-            batch_sampler=TensorBatchSampler(sampler, batch_size, drop_last, device=data.x.device),
-            collate_fn=_as_batch,
+            batch_sampler=TensorBatchSampler(sampler, batch_size, drop_last),
+            collate_fn=as_batch,
             num_workers=workers,
             persistent_workers=workers > 0,
             **kwargs,
         )
 
-    def _rank_share(self, data: Dataset, ranks: int) -> UnrepeatedDistributedSampler:
+    def rank_share_sampler(self, data: Dataset, ranks: int) -> UnrepeatedDistributedSampler:
         if len(data) < ranks:
             part = "val" if data is self.data_val else "test"
             raise SplitTooSmallError(
@@ -471,7 +320,7 @@ class OneClassDataModule(LightningDataModule):
         rank = self.trainer.global_rank
         return UnrepeatedDistributedSampler(data, num_replicas=ranks, rank=rank, shuffle=False)
 
-    def _epoch_position(self) -> tuple[int, float]:
+    def epoch_position(self) -> tuple[int, float]:
         """Batches of the current training epoch trained on, and batches in it, by Lightning's count."""
         trainer = self.trainer
         if trainer is None:
@@ -481,10 +330,10 @@ class OneClassDataModule(LightningDataModule):
         return trainer.fit_loop.epoch_loop.batch_progress.current.processed, trainer.num_training_batches
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.data_train, self.hparams.batch_size, shuffle=True)
+        return self.make_loader(self.data_train, self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.data_val, self.hparams.eval_batch_size, shuffle=False)
+        return self.make_loader(self.data_val, self.hparams.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.data_test, self.hparams.eval_batch_size, shuffle=False)
+        return self.make_loader(self.data_test, self.hparams.eval_batch_size, shuffle=False)

@@ -1,14 +1,7 @@
-"""Decode a dataset once into flat uint8 tensors: ``(N, H*W)`` images in upright row-major order.
-
-Decoding EMNIST byclass takes seconds and holds all its 550 MB of images; a sweep would repeat it in
-every job. So the first decode is written to ``<root>/<Dataset>/decoded/`` as ``.npy`` files, and every
-run, the first included, reads from there only the rows its split keeps (``CachedImages``).
-"""
+"""Every data source decoded into flat uint8 tensors: ``(N, H*W)`` images in upright row-major order."""
 
 import functools
-import hashlib
 import importlib.util
-import os
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -16,70 +9,18 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torchvision import datasets
-from torchvision.datasets.mnist import read_label_file
 
-
-class CachedImages:
-    """``(N, D)`` uint8 images in a ``.npy`` file, read only when indexed by rows.
-
-    ``images[rows]`` streams the file in blocks and keeps the requested rows, in the requested order:
-    memory holds the result and one block, never the whole array.
-    """
-
-    BLOCK_BYTES = 64 * 2**20
-
-    def __init__(self, path: Path) -> None:
-        try:
-            header = np.load(path, mmap_mode="r")  # reads the header only
-        except (ValueError, OSError) as err:
-            raise _stale_cache(path, str(err)) from err
-        self.path, self.shape, self.offset = path, header.shape, header.offset
-        if header.dtype != np.uint8 or header.ndim != 2:
-            raise _stale_cache(path, f"a {header.dtype} array of shape {header.shape}, not (N, D) uint8")
-        del header
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
-        rows = torch.as_tensor(rows, dtype=torch.int64)
-        n, d = self.shape
-        wanted, order = rows.sort(stable=True)
-        in_order = torch.equal(order, torch.arange(len(rows)))  # splits are sorted: gather in place
-        out = torch.empty((len(rows), d), dtype=torch.uint8)
-        block = max(1, self.BLOCK_BYTES // d)
-        buf = torch.empty((block, d), dtype=torch.uint8)
-        with self.path.open("rb") as f:
-            for start in range(0, n, block):
-                lo, hi = torch.searchsorted(wanted, torch.tensor([start, start + block])).tolist()
-                if lo == hi:
-                    continue
-                f.seek(self.offset + start * d)
-                count = min(block, n - start)
-                if f.readinto(buf[:count].numpy()) != count * d:
-                    raise _stale_cache(self.path, "the file is shorter than its header says")
-                if in_order:
-                    torch.index_select(buf, 0, wanted[lo:hi] - start, out=out[lo:hi])
-                else:
-                    out.index_copy_(0, order[lo:hi], buf.index_select(0, wanted[lo:hi] - start))
-        return out
-
-
-def _stale_cache(path: Path, problem: str) -> "CorruptDataError":
-    return CorruptDataError(
-        f"The decoded-data cache {path} is unreadable: {problem}. Fix: delete it; the next run decodes "
-        "the raw files again and rewrites it (or set data.cache=false). The raw files are untouched."
-    )
+from src.errors import UsageError
 
 
 class Source(NamedTuple):
-    x_train: "torch.Tensor | CachedImages"  # (N, D) uint8
+    x_train: torch.Tensor  # (N, D) uint8
     y_train: torch.Tensor  # (N,) int64 class labels
-    x_test: "torch.Tensor | CachedImages"  # (M, D) uint8
+    x_test: torch.Tensor  # (M, D) uint8
     y_test: torch.Tensor  # (M,) int64
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UsageError, FileNotFoundError):
     """The dataset's files are not under ``data.root`` and could not be downloaded."""
 
 
@@ -132,7 +73,7 @@ def not_found(dataset: str, root: str | Path, split: str, download: bool) -> Dat
     )
 
 
-class CorruptDataError(ValueError):
+class CorruptDataError(UsageError, ValueError):
     """A dataset file is there but cannot be what torchvision expects."""
 
 
@@ -156,7 +97,7 @@ def idx_shape(path: Path) -> tuple[int, ...]:
 def _corrupt(path: Path, problem: str) -> CorruptDataError:
     return CorruptDataError(
         f"{path} is corrupt: {problem}. Fix: delete it and download again (data.download=true on a "
-        "machine with network access), or copy an intact, uncompressed copy there. Nothing was cached."
+        "machine with network access), or copy an intact, uncompressed copy there."
     )
 
 
@@ -173,53 +114,9 @@ def _flatten(images: torch.Tensor) -> torch.Tensor:
     return images.reshape(len(images), -1).contiguous()
 
 
-def _transpose_in_place(images: torch.Tensor, rows: int = 4096) -> torch.Tensor:
-    """``images`` (N, H, H) with each image transposed, in its own memory: a block of ``rows`` images
-    at a time, instead of a transposed copy of all of them (byclass: 547 MB more at once)."""
-    for block in images.split(rows):
-        block.copy_(block.transpose(1, 2).clone())
-    return images
-
-
-def read_idx_images(path: str | Path) -> torch.Tensor:
-    """An uncompressed uint8 IDX images file as a ``(N, H, W)`` uint8 tensor, read straight into its one
-    copy. torchvision's ``read_image_file`` gives the same tensor but reads the file into ``bytes`` and
-    copies it into a ``bytearray``, so it holds it twice for a moment (EMNIST byclass: 1.1 GB)."""
-    path = Path(path)
-    shape = idx_shape(path)  # checked: exactly this many bytes follow the header
-    # torch's memory, not numpy.fromfile's: numpy asks for transparent huge pages, and where the kernel
-    # compacts memory for them on demand, the first read took 1.4-1.7 s instead of 0.5 s (EMNIST byclass)
-    images = torch.empty(shape, dtype=torch.uint8)
-    buffer = memoryview(images.numpy()).cast("B")
-    with path.open("rb") as f:
-        f.seek(4 + 4 * len(shape))
-        done = 0
-        while done < len(buffer):  # one read returns at most 2 GiB on Linux
-            count = f.readinto(buffer[done:])
-            if not count:
-                raise _corrupt(path, f"it ends after {done} of its {len(buffer)} image bytes")
-            done += count
-    return images
-
-
-@functools.cache
-def _reading_images_once(dataset: str, split: str) -> type[datasets.MNIST]:
-    """The torchvision class of ``dataset`` (its files, download and checks), with its images read by
-    ``read_idx_images``. The same name, so the same ``<root>/<Name>/raw`` folder."""
-
-    def _load_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        files = raw_files(dataset, self.root, split)
-        images, labels = files[0:2] if self.train else files[2:4]
-        return read_idx_images(images), read_label_file(str(labels))
-
-    cls = TORCHVISION[dataset]
-    return type(cls.__name__, (cls,), {"_load_data": _load_data, "__module__": __name__})
-
-
 def load_torchvision(dataset: str, root: str | Path, split: str, download: bool) -> Source:
-    """Decode train and test splits through the real torchvision dataset classes (their images read
-    in one copy, ``read_idx_images``)."""
-    cls = _reading_images_once(dataset, split)
+    """Decode train and test splits through the real torchvision dataset classes."""
+    cls = TORCHVISION[dataset]
     kwargs = {"split": split} if dataset == "emnist" else {}
     if all(p.is_file() for p in raw_files(dataset, root, split)):
         check_raw_files(dataset, root, split)
@@ -229,9 +126,7 @@ def load_torchvision(dataset: str, root: str | Path, split: str, download: bool)
             ds = cls(str(root), train=train, download=download, **kwargs)
         except (RuntimeError, OSError) as err:
             raise not_found(dataset, root, split, download) from err
-        images = ds.data
-        if dataset == "emnist":  # EMNIST stores images transposed
-            images = _transpose_in_place(images)
+        images = ds.data.transpose(1, 2) if dataset == "emnist" else ds.data  # EMNIST stores them transposed
         parts += [_flatten(images), ds.targets.long()]
         del ds, images  # before the next decode: byclass's train images are 525 MiB
     return Source(*parts)
@@ -305,55 +200,6 @@ def load_mnist_5k() -> Source:
     x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=0.3, stratify=labels, random_state=0)
     return Source(
         torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te)
-    )
-
-
-class CacheWriteError(OSError):
-    """The decoded cache could not be written next to the raw files."""
-
-
-def cache_paths(dataset: str, root: str | Path, split: str) -> dict[str, Path]:
-    """Where the decode of these raw files is cached. The name carries a digest of the raw files'
-    sizes and modification times, so replacing them invalidates the cache."""
-    files = raw_files(dataset, root, split)
-    stamp = "".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in files)
-    digest = hashlib.sha1(stamp.encode()).hexdigest()[:12]
-    folder = Path(root) / TORCHVISION[dataset].__name__ / "decoded"
-    return {k: folder / f"{split}-{digest}-{k}.npy" for k in Source._fields}
-
-
-def _write_cache(src: Source, paths: dict[str, Path]) -> None:
-    folder = next(iter(paths.values())).parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for key, path in paths.items():
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # parallel jobs: last replace wins
-            with tmp.open("wb") as f:
-                np.save(f, getattr(src, key).numpy())
-            os.replace(tmp, path)
-    except OSError as err:
-        raise CacheWriteError(
-            f"Could not write the decoded-data cache to {folder} ({err}). Fix: make that folder "
-            "writable, or point data.root at a writable copy, or set data.cache=false to decode the raw "
-            "files on every run instead. The raw files are untouched."
-        ) from err
-    split = paths["x_train"].name.split("-")[0]
-    for old in folder.glob(f"{split}-*.npy"):  # decodes of raw files that have since been replaced
-        if old not in paths.values():
-            old.unlink(missing_ok=True)
-
-
-def load_cached(dataset: str, root: str | Path, split: str) -> Source:
-    """``load_torchvision``, read from the decoded cache when there is one, written to it when not."""
-    check_raw_files(dataset, root, split)
-    paths = cache_paths(dataset, root, split)
-    if not all(p.is_file() for p in paths.values()):
-        _write_cache(load_torchvision(dataset, root, split, download=False), paths)
-        # Then read back like every later run: the split keeps only its rows (the file is still in the
-        # page cache), never holding them beside the whole decode.
-    labels = {k: torch.from_numpy(np.load(paths[k])).long() for k in ("y_train", "y_test")}
-    return Source(
-        CachedImages(paths["x_train"]), labels["y_train"], CachedImages(paths["x_test"]), labels["y_test"]
     )
 
 
@@ -476,20 +322,13 @@ def load_npz(path: str | Path | None) -> Source:
 
 
 def load_source(
-    dataset: str,
-    root: str | Path,
-    split: str,
-    download: bool,
-    cache: bool = False,
-    path: str | Path | None = None,
+    dataset: str, root: str | Path, split: str, download: bool, path: str | Path | None = None
 ) -> Source:
-    """Decode ``dataset``; with ``cache``, through the decoded cache (see the module docstring)."""
+    """Decode ``dataset`` (``path``: the user's .npz, for ``npz`` only)."""
     if dataset == "npz":
         return load_npz(path)
     if dataset == "digits":
         return load_digits()
     if dataset == "mnist_5k":
         return load_mnist_5k()
-    if cache and all(p.is_file() for p in raw_files(dataset, root, split)):
-        return load_cached(dataset, root, split)
     return load_torchvision(dataset, root, split, download)

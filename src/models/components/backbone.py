@@ -43,6 +43,9 @@ class OriginalBlock(nn.Module):
         return F.relu(x + h if self.residual else h)
 
 
+BLOCKS = {"preact": PreActBlock, "original": OriginalBlock}
+
+
 class ResidualMLP(nn.Module):
     """Input projection, ``n_layers`` hidden units of one block type, output projection.
 
@@ -62,11 +65,7 @@ class ResidualMLP(nn.Module):
         block: BlockType = "preact",
     ) -> None:
         super().__init__()
-        if block not in ("preact", "original"):
-            raise ValueError(f"block must be 'preact' or 'original', got {block!r}")
-        if n_layers < 0:
-            raise ValueError(f"n_layers must be >= 0, got {n_layers}")
-        unit = PreActBlock if block == "preact" else OriginalBlock
+        unit = BLOCKS[block]  # the settings are checked by ``src.models.module.check_model_settings``
         self.preact = block == "preact"
         self.proj_in = nn.Linear(in_dim, width)
         self.blocks = nn.ModuleList([unit(width, residual) for _ in range(n_layers)])

@@ -1,0 +1,173 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from src.runtime.config import ConfigError, check_config
+from src.runtime.instantiate import instantiate_callbacks
+from tests.conftest import REPO, compose_train
+
+BAD_VALUES = [
+    ("model.n_layers=-1", "model.n_layers=-1 is invalid"),
+    ("model.latent_dim=65", "model.latent_dim=65 is invalid: it must be at most the input size"),
+    ("model.block=bottleneck", "model.block='bottleneck' is invalid"),
+    ("model.lr=0", "model.lr=0.0 is invalid"),
+    ("data.anomaly_ratio=1.5", "data.anomaly_ratio=1.5 is invalid"),
+    ("data.anomaly_ratio=0", "data.anomaly_ratio=0.0 is invalid"),
+    ("data.val_fraction=1", "data.val_fraction=1.0 is invalid"),
+    ("data.anomaly_class=10", "data.anomaly_class=10 is not a class"),
+    ("data.anomaly_class=O", "data.anomaly_class='O' is not a class"),
+    ("data.batch_size=1", "data.batch_size=1 is invalid"),
+    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1 is invalid"),
+    ("trainer.precision=16-mixed", "trainer.precision=16-mixed is not supported: float16 mixed precision"),
+    ("data.num_workers=-1", "data.num_workers=-1 is invalid: it must be >= 0"),
+    ("seed=-1", "seed=-1 is invalid: it must be an integer from 0 to 4294967295"),
+    ("seed=4294967296", "seed=4294967296 is invalid"),
+    ("seed=zero", "seed='zero' is invalid"),
+    ("trainer.max_epochs=-5", "trainer.max_epochs=-5 is invalid: it must be an integer >= 0, or -1"),
+    ("trainer.max_steps=-2", "trainer.max_steps=-2 is invalid"),
+    ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5 is invalid"),
+    ("trainer.log_every_n_steps=-1", "trainer.log_every_n_steps=-1 is invalid: it must be an integer >= 1"),
+    (
+        "trainer.check_val_every_n_epoch=0",
+        "trainer.check_val_every_n_epoch=0 is invalid: it must be an integer >= 1",
+    ),
+    ("threads=0", "threads=0 is invalid: it must be the number of CPU threads torch uses"),
+    ("threads=two", "threads='two' is invalid"),
+    ("threads=true", "threads=True is invalid"),
+    ("float32_matmul_precision=tf32", "float32_matmul_precision='tf32' is invalid: it must be 'highest'"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_VALUES)
+def test_out_of_range_values_are_named(override: str, message: str) -> None:
+    cfg = compose_train([override])
+    with pytest.raises(ConfigError, match="nothing was run") as err:
+        check_config(cfg)
+    assert message in str(err.value)
+
+
+def test_keys_forced_in_with_plus_are_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"model.n_layer is not a setting of model"):
+        check_config(compose_train(["+model.n_layer=3"]))
+
+
+def test_emnist_split_is_checked_with_the_allowed_list() -> None:
+    cfg = compose_train(["data=emnist", "data.split=bymonth"])
+    with pytest.raises(ConfigError, match=r"data.split='bymonth' is not an EMNIST split: choose one of"):
+        check_config(cfg)
+
+
+def test_several_bad_values_are_reported_together() -> None:
+    cfg = compose_train(["model.n_layers=-2", "data.anomaly_ratio=2"])
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    assert "model.n_layers=-2" in str(err.value) and "data.anomaly_ratio=2.0" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.n_layers=six", "Value 'six' of type 'str' could not be converted to Integer"),
+        ("model.n_layer=3", "Could not override 'model.n_layer'"),
+        ("data.batch_size=big", "could not be converted to Integer"),
+        ("data.anomaly_ratio=lots", "could not be converted to Float"),
+    ],
+)
+def test_wrong_types_and_typos_fail_at_composition(override: str, message: str) -> None:
+    with pytest.raises((ConfigCompositionException, ValidationError)) as err:
+        compose_train([override])
+    assert message in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    "overrides,gpus,message",
+    [
+        (["trainer=gpu"], 0, "trainer.accelerator=gpu asks for a CUDA GPU, but torch sees none"),
+        (["trainer=ddp"], 0, "trainer.accelerator=gpu asks for a CUDA GPU, but torch sees none"),
+        (["trainer=gpu", "trainer.devices=4"], 2, "trainer.devices=4 asks for more GPUs than torch sees (2)"),
+        (["trainer=gpu"], 1, None),
+        (["trainer=ddp"], 2, None),  # devices=-1: all of them
+        (["trainer=cpu"], 0, None),
+    ],
+)
+def test_a_gpu_that_is_not_there_is_named_before_anything_runs(monkeypatch, overrides, gpus, message) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    cfg = compose_train(overrides)
+    if message is None:
+        check_config(cfg)
+        return
+    with pytest.raises(ConfigError, match="nothing was run") as err:
+        check_config(cfg)
+    assert message in str(err.value) and "trainer" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "seed=4294967295",
+        "trainer.max_epochs=-1",
+        "trainer.max_steps=0",
+        "data.num_workers=2",
+        "trainer.log_every_n_steps=0",
+        "threads=1",
+        "float32_matmul_precision=medium",
+    ],
+)
+def test_values_at_the_edge_of_the_range_pass(override: str) -> None:
+    check_config(compose_train([override]))
+
+
+def test_the_defaults_pass() -> None:
+    for model in ("ae", "vae", "rae", "rvae", "rvae_original"):
+        check_config(compose_train([f"model={model}"]))
+
+
+def test_cli_bad_value_stops_before_any_data_with_one_line(tmp_path: Path) -> None:
+    # EMNIST is absent here: reaching the data would give a different error.
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.train", "model.n_layers=-1", "logger=csv", f"hydra.run.dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    output = proc.stdout + proc.stderr
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "model.n_layers=-1 is invalid" in errors[0]
+    assert "Traceback" not in output and "data.root" not in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hydra", "train.log"]
+
+
+def test_cli_cfg_job_prints_the_composed_config() -> None:
+    proc = subprocess.run([sys.executable, "-m", "src.train", "--cfg=job"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "n_layers: 4" in proc.stdout and "_target_: src.models.module.AnomalyAutoEncoder" in proc.stdout
+
+
+@pytest.mark.parametrize("app", ["train", "eval"])
+def test_help_shows_examples_groups_and_the_config(app: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", f"src.{app}", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"python -m src.{app}: ")
+    assert f"  python -m src.{app} " in proc.stdout  # its examples
+    assert "== Configuration groups ==" in proc.stdout and "trainer: cpu, ddp" in proc.stdout
+    groups = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert "schema" not in groups  # the structured schemas are not offered as choices
+    assert "ckpt_path:" in proc.stdout  # the composed config
+
+
+def test_a_callback_rejecting_its_settings_is_a_config_error_naming_it(make_cfg) -> None:
+    cfg = make_cfg(
+        "callbacks.last_checkpoint.every_n_train_steps=20", "+callbacks.last_checkpoint.every_n_epochs=1"
+    )
+    with pytest.raises(
+        ConfigError, match=r"^Invalid settings for callbacks\.last_checkpoint, nothing was run: "
+    ):
+        instantiate_callbacks(cfg)
