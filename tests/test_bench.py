@@ -79,6 +79,7 @@ def test_each_turn_times_a_block_after_its_untimed_settling_steps(tmp_path, sett
     assert all(s > 0 for s in interleave.seconds)
 
 
+@pytest.mark.slow
 def test_logger_cost_times_each_logger_over_whole_runs(tmp_path, capsys) -> None:
     args = ["--loggers", "csv", "wandb", "--rounds", "1", "--steps", "4", "--warmup", "2",
             "--n-train", "2000", "--out", str(tmp_path)]  # fmt: skip
@@ -91,6 +92,7 @@ def test_logger_cost_times_each_logger_over_whole_runs(tmp_path, capsys) -> None
     assert "| wandb |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_logger_cost_names_the_logger_whose_run_failed(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="logger=no_such_logger run failed"):
         logger_cost.main(

@@ -75,6 +75,7 @@ def test_multirun_then_report(tmp_path: Path) -> None:
             assert img.size[0] > 300
 
 
+@pytest.mark.slow  # the diverging job of test_robustness covers the default suite
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = multirun(sweep, "logger=csv", "+callbacks.fault._target_=tests.helpers.faults.RaiseAtStep",
@@ -298,6 +299,7 @@ def test_report_on_a_directory_without_results(tmp_path: Path, capsys) -> None:
     assert "holds no job of a multirun" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_wandb_jobs_in_parallel(tmp_path: Path, make_cfg) -> None:
     sweep = tmp_path / "sweep"
     proc = multirun(sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=ae,rae",

@@ -1,13 +1,18 @@
+import inspect
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from src.runtime.config import ConfigError, check_config
+from src.data.datamodule import OneClassDataModule
+from src.models.module import AnomalyAutoEncoder
+from src.runtime.composition import check_command_line
+from src.runtime.config import ConfigError, check_config, register_configs
 from src.runtime.instantiate import instantiate_callbacks
 from tests.conftest import REPO, compose_train
 
@@ -171,3 +176,49 @@ def test_a_callback_rejecting_its_settings_is_a_config_error_naming_it(make_cfg)
         ConfigError, match=r"^Invalid settings for callbacks\.last_checkpoint, nothing was run: "
     ):
         instantiate_callbacks(cfg)
+
+
+@pytest.mark.parametrize(
+    "argv,says",
+    [
+        (["model=rvea"], "Could not find 'model/rvea' Available options in 'model': ae rae rvae"),
+        (["model.n_layrs=3"], "Did you mean 'model.n_layers'?"),
+        (
+            ["-m", "model=ae,raee", "model.n_layers=1,2"],
+            "model=raee: In 'train': Could not find 'model/raee'",
+        ),
+        (["modle=ae"], "Did you mean 'model'?"),
+        (["model.n_layers=six"], "could not be converted to Integer"),
+    ],
+)
+def test_a_command_line_hydra_cannot_compose_exits_2_with_a_suggestion(argv, says, capsys) -> None:
+    register_configs()
+    with pytest.raises(SystemExit) as stop:
+        check_command_line("train", argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("Invalid command line, nothing was run: ")
+    assert says in err and "\n" not in err.rstrip("\n")  # one paragraph
+
+
+def test_a_command_line_that_composes_goes_on_to_hydra(capsys) -> None:
+    register_configs()
+    check_command_line(
+        "train", ["-m", "model=ae,rae", "model.n_layers=1,2", "data=digits", "hydra/launcher=basic"]
+    )
+    check_command_line("eval", ["ckpt_path=x", "stage=val"])
+    check_command_line("train", ["--cfg", "job", "model.n_layrs=3"])  # Hydra's own flags: left to Hydra
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("group", ["model", "data"])
+def test_every_default_is_the_constructors_and_no_yaml_restates_one(group: str) -> None:
+    cls = {"model": AnomalyAutoEncoder, "data": OneClassDataModule}[group]
+    defaults = {n: p.default for n, p in inspect.signature(cls).parameters.items() if n != "input_dim"}
+    composed = compose_train([f"{group}={'ae' if group == 'model' else 'emnist'}"])[group]
+    assert {k: v for k, v in composed.items() if k not in ("_target_", "root")} == {
+        k: v for k, v in defaults.items() if k != "root"
+    }
+    for path in sorted((REPO / "conf" / group).glob("*.yaml")):
+        settings = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "defaults"}
+        restated = [k for k, v in settings.items() if k in defaults and v == defaults[k]]
+        assert restated == [], f"{path.name} restates the constructor's default of {restated}"

@@ -226,11 +226,11 @@ RAE_WITH_A_WORKER = ["model=rae", "data.num_workers=1", "callbacks.last_checkpoi
     "settings,fault,exit_code,ckpt_step",
     [
         ([], SIGTERM_AT_20, 143, 21),  # preemption: stops after step 20
-        (RAE_WITH_A_WORKER, CTRL_C_AT_20, 130, 21),  # the first Ctrl-C stops as SIGTERM does
+        pytest.param(RAE_WITH_A_WORKER, CTRL_C_AT_20, 130, 21, marks=pytest.mark.slow),  # as SIGTERM does
         (RAE_WITH_A_WORKER, KILL_AT_20, -9, 8),  # killed at 20, resumed from step 8
         # at an epoch's end the stop waits for the validation, whose last.ckpt then holds the epoch
         pytest.param([], SIGTERM_AT_31, 143, 32, marks=pytest.mark.slow),
-        ([], SIGTERM_IN_VAL, 143, 32),
+        pytest.param([], SIGTERM_IN_VAL, 143, 32, marks=pytest.mark.slow),
         pytest.param(
             ["+trainer.val_check_interval=0.5"], SIGTERM_IN_MID_EPOCH_VAL, 143, 24, marks=pytest.mark.slow
         ),
@@ -376,6 +376,7 @@ def test_a_second_ctrl_c_stops_at_once_and_still_resumes_to_the_same_numbers(
 
 
 @pytest.mark.usefixtures("sigint_reaches_children")
+@pytest.mark.slow
 def test_a_second_ctrl_c_in_a_validation_saves_nothing_and_resumes_from_the_epoch_before(
     tmp_path: Path, uninterrupted
 ) -> None:
