@@ -5,8 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback
-from omegaconf import open_dict
 
 from benchmarks.train_speed import main as bench
 from src.eval import evaluate
@@ -14,36 +12,6 @@ from src.train import train
 from tests.conftest import epoch_losses, eval_cfg
 
 pytestmark = pytest.mark.gpu
-
-
-def test_on_a_gpu_the_data_lives_on_the_device(make_cfg) -> None:
-    _, objects = train(make_cfg("trainer=gpu", "trainer.max_epochs=1"))
-    dm = objects["datamodule"]
-    assert dm.data_train.x.device.type == "cuda" and dm.data_train.x.dtype == torch.uint8
-    x, y = next(iter(dm.train_dataloader()))  # indexed and converted on the device
-    assert x.device.type == y.device.type == "cuda" and x.dtype == torch.float32
-
-
-class _NoSyncInSteps(Callback):
-    """Makes any host-device synchronisation inside a training step an error (CUDA's sync debug mode),
-    from the second epoch on (the first compiles and warms up)."""
-
-    def on_train_batch_start(self, trainer, *args) -> None:
-        if trainer.current_epoch >= 1:
-            torch.cuda.set_sync_debug_mode("error")
-
-    def on_train_batch_end(self, *args) -> None:
-        torch.cuda.set_sync_debug_mode("default")
-
-
-@pytest.mark.parametrize("option", ["trainer.precision=32-true", "trainer.precision=bf16-mixed"])
-def test_a_gpu_training_step_never_waits_for_the_device(make_cfg, option: str) -> None:
-    cfg = make_cfg("trainer=gpu", "trainer.max_epochs=3", option)
-    with open_dict(cfg):
-        cfg.callbacks.no_sync = {"_target_": "tests.test_gpu._NoSyncInSteps"}
-        cfg.trainer.enable_progress_bar = True  # the default run's bar, redrawn every 20 steps, too
-    metrics, _ = train(cfg)  # a sync inside a step raises there, naming the operation
-    assert metrics["status"] == "completed" and metrics["global_step"] > 32
 
 
 def test_gpu_speed_options_keep_the_loss_curve(make_cfg, tmp_path: Path) -> None:
