@@ -2,9 +2,8 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -22,7 +21,8 @@ from src.models.module import AnomalyAutoEncoder
 from src.runtime.config import ConfigError
 from src.runtime.loggers import wandb_run_id
 from src.train import train
-from tests.conftest import REPO, as_run, compose_train, eval_cfg
+from tests.conftest import as_run, compose_train, eval_cfg
+from tests.helpers.cli import run_main
 from tests.helpers.wandb_file import offline_run_files, read_run
 
 
@@ -221,13 +221,15 @@ def test_a_directory_without_a_best_checkpoint_or_a_file_that_is_none_are_named(
         evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={tmp_path / 'foreign.ckpt'}"))
 
 
-def test_cli_prints_the_result_and_stops_on_bad_input_in_one_paragraph(trained, tmp_path: Path) -> None:
+def test_cli_prints_the_result_and_stops_on_bad_input_in_one_paragraph(
+    trained, tmp_path: Path, capfd
+) -> None:
     run_dir, record, _ = trained
-    env = os.environ | {"PYTHONPATH": str(REPO)}
 
-    def cli(*overrides: str) -> subprocess.CompletedProcess:
-        args = [sys.executable, "-m", "src.eval", *overrides, f"paths.root_dir={tmp_path}"]
-        return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    def cli(*overrides: str) -> SimpleNamespace:
+        code = run_main("eval", *overrides, f"paths.root_dir={tmp_path}")
+        out, err = capfd.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
     job_dir = tmp_path / "model=rvae,seed=0"  # a sweep job's name, quoted as the README says
     shutil.copytree(run_dir, job_dir)

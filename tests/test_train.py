@@ -6,6 +6,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from src.runtime.config import ConfigError
 from src.runtime.process import quiet_dependency_notices
 from src.train import train
 from tests.conftest import REPO, csv_metric, epoch_losses
+from tests.helpers.cli import run_main
 from tests.helpers.wandb_file import offline_run_files, read_run
 
 METRIC_KEYS = {"train/loss", "val/auroc", "test/auroc", "test/auprc", "n_params", "wall_time_s"}
@@ -123,7 +125,7 @@ def test_threads_and_matmul_precision_hold_for_the_run_only(make_cfg, tmp_path: 
     assert (record["torch_threads"], record["float32_matmul_precision"]) == (threads, precision)
 
 
-def test_wandb_offline_run_logs_the_study_keys(cfg_train) -> None:
+def test_wandb_offline_run_logs_the_study_keys(cfg_train, capfd) -> None:
     with open_dict(cfg_train):
         cfg_train.logger = {
             "wandb": {
@@ -165,23 +167,11 @@ def test_wandb_offline_run_logs_the_study_keys(cfg_train) -> None:
     assert all({"train/g_norm", "train/kl", "epoch"} <= row.keys() for row in steps)
 
 
-def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "src.train",
-            *overrides,
-            f"paths.root_dir={cwd}",
-            "trainer.enable_progress_bar=false",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def run_cli(capfd, *overrides: str, cwd: Path) -> SimpleNamespace:
+    """``python -m src.train`` with ``overrides`` (in this process), its outputs under ``cwd``."""
+    code = run_main("train", *overrides, f"paths.root_dir={cwd}", "trainer.enable_progress_bar=false")
+    out, err = capfd.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
 
 def test_cli_trains_with_wandb_and_prints_where_outputs_are(tmp_path: Path) -> None:
@@ -216,8 +206,8 @@ def test_cli_trains_with_wandb_and_prints_where_outputs_are(tmp_path: Path) -> N
     assert list((out_dir / "wandb").glob("offline-run-*/*.wandb"))  # no credentials: offline
 
 
-def test_cli_on_missing_emnist_stops_with_the_clear_error(tmp_path: Path) -> None:
-    proc = run_cli("model=rvae", "model.n_layers=6", "logger=csv", cwd=tmp_path)
+def test_cli_on_missing_emnist_stops_with_the_clear_error(tmp_path: Path, capfd) -> None:
+    proc = run_cli(capfd, "model=rvae", "model.n_layers=6", "logger=csv", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     output = proc.stdout + proc.stderr
     [error] = [line for line in output.splitlines() if "ERROR" in line]  # one paragraph, no traceback
@@ -225,8 +215,8 @@ def test_cli_on_missing_emnist_stops_with_the_clear_error(tmp_path: Path) -> Non
     assert not list(tmp_path.rglob("metrics.json"))
 
 
-def test_a_run_stopped_before_any_validation_is_tested_on_its_final_weights(tmp_path: Path) -> None:
-    proc = run_cli("data=digits", "trainer=cpu", "trainer.max_steps=5", cwd=tmp_path)  # W&B offline
+def test_a_run_stopped_before_any_validation_is_tested_on_its_final_weights(tmp_path: Path, capfd) -> None:
+    proc = run_cli(capfd, "data=digits", "trainer=cpu", "trainer.max_steps=5", cwd=tmp_path)  # W&B offline
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "val/auroc best: none" in proc.stdout and "testing the final weights" in proc.stdout + proc.stderr
     [path] = tmp_path.rglob("metrics.json")
@@ -235,9 +225,10 @@ def test_a_run_stopped_before_any_validation_is_tested_on_its_final_weights(tmp_
     assert 0 <= saved["test/auroc"] <= 1 and saved["best_checkpoint"] is None
 
 
-def test_cli_trains_on_emnist_files_in_data_root(tmp_path: Path, fake_emnist) -> None:
+def test_cli_trains_on_emnist_files_in_data_root(tmp_path: Path, fake_emnist, capfd) -> None:
     root, _ = fake_emnist
     proc = run_cli(
+        capfd,
         "model=rvae",
         "model.n_layers=6",
         "logger=csv",

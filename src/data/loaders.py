@@ -28,8 +28,9 @@ class InMemoryBatches(Dataset):
 
 
 class TensorBatchSampler(BatchSampler):
-    """A ``BatchSampler`` whose batches are index tensors cut from one permutation per epoch, rather
-    than lists of Python ints built one index at a time (0.1 ms a batch of 128 on CPU).
+    """A ``BatchSampler`` that keeps the random state each epoch's order came from, so that a run
+    stopped mid-epoch can resume on the very batches it had left; its batches are index tensors cut
+    from that one permutation.
 
     Over a ``RandomSampler`` (``shuffle=True``) or a ``SequentialSampler`` it yields the same batches
     as ``BatchSampler``, from the same random draw, so seeded runs shuffle exactly as with a plain

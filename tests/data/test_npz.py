@@ -1,10 +1,8 @@
 """``data=npz``: the user's own arrays run through the same split, training and scoring."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -14,7 +12,7 @@ import torch
 from src.data.datamodule import OneClassDataModule
 from src.data.sources import DatasetNotFoundError, load_digits, npz_info
 from src.runtime.config import ConfigError, check_config
-from tests.conftest import REPO
+from tests.helpers.cli import run_main
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -116,15 +114,12 @@ def test_the_config_check_reads_the_input_size_from_the_file(make_cfg, digits_np
         check_config(make_cfg("data=npz", f"data.path={digits_npz}", "model.latent_dim=65"))
 
 
-def test_train_and_eval_on_an_npz_from_the_command_line(digits_npz: Path, tmp_path: Path) -> None:
-    env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
-
-    def cli(module: str, *overrides: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", module, *overrides, f"paths.root_dir={tmp_path}",
-             "trainer.enable_progress_bar=false"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+def test_train_and_eval_on_an_npz_from_the_command_line(digits_npz: Path, tmp_path: Path, capfd) -> None:
+    def cli(module: str, *overrides: str) -> SimpleNamespace:
+        code = run_main(module.removeprefix("src."), *overrides, f"paths.root_dir={tmp_path}",
+                        "trainer.enable_progress_bar=false")  # fmt: skip
+        out, err = capfd.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
     proc = cli("src.train", "data=npz", f"data.path={digits_npz}", "data.anomaly_class=eight",
                "trainer=cpu", "trainer.max_epochs=2", "logger=csv")  # fmt: skip

@@ -1,6 +1,4 @@
 import inspect
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from src.runtime.composition import check_command_line
 from src.runtime.config import ConfigError, check_config, register_configs
 from src.runtime.instantiate import instantiate_callbacks
 from tests.conftest import REPO, compose_train
+from tests.helpers.cli import run_main
 
 BAD_VALUES = [
     ("model.n_layers=-1", "model.n_layers=-1 is invalid"),
@@ -133,39 +132,32 @@ def test_the_defaults_pass() -> None:
         check_config(compose_train([f"model={model}"]))
 
 
-def test_cli_bad_value_stops_before_any_data_with_one_line(tmp_path: Path) -> None:
+def test_cli_bad_value_stops_before_any_data_with_one_line(tmp_path: Path, capfd) -> None:
     # EMNIST is absent here: reaching the data would give a different error.
-    proc = subprocess.run(
-        [sys.executable, "-m", "src.train", "model.n_layers=-1", "logger=csv", f"hydra.run.dir={tmp_path}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    output = proc.stdout + proc.stderr
+    assert run_main("train", "model.n_layers=-1", "logger=csv", f"hydra.run.dir={tmp_path}") == 2
+    output = "".join(capfd.readouterr())
     errors = [line for line in output.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "model.n_layers=-1 is invalid" in errors[0]
     assert "Traceback" not in output and "data.root" not in output
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hydra", "train.log"]
 
 
-def test_cli_cfg_job_prints_the_composed_config() -> None:
-    proc = subprocess.run([sys.executable, "-m", "src.train", "--cfg=job"], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert "n_layers: 4" in proc.stdout and "_target_: src.models.module.AnomalyAutoEncoder" in proc.stdout
+def test_cli_cfg_job_prints_the_composed_config(capfd) -> None:
+    assert run_main("train", "--cfg=job") == 0
+    out = capfd.readouterr().out
+    assert "n_layers: 4" in out and "_target_: src.models.module.AnomalyAutoEncoder" in out
 
 
 @pytest.mark.parametrize("app", ["train", "eval"])
-def test_help_shows_examples_groups_and_the_config(app: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", f"src.{app}", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith(f"python -m src.{app}: ")
-    assert f"  python -m src.{app} " in proc.stdout  # its examples
-    assert "== Configuration groups ==" in proc.stdout and "trainer: cpu, ddp" in proc.stdout
-    groups = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+def test_help_shows_examples_groups_and_the_config(app: str, capfd) -> None:
+    assert run_main(app, "--help") == 0
+    out = capfd.readouterr().out
+    assert out.startswith(f"python -m src.{app}: ")
+    assert f"  python -m src.{app} " in out  # its examples
+    assert "== Configuration groups ==" in out and "trainer: cpu, ddp" in out
+    groups = out.split("== Configuration groups ==")[1].split("== Config ==")[0]
     assert "schema" not in groups  # the structured schemas are not offered as choices
-    assert "ckpt_path:" in proc.stdout  # the composed config
+    assert "ckpt_path:" in out  # the composed config
 
 
 def test_a_callback_rejecting_its_settings_is_a_config_error_naming_it(make_cfg) -> None:

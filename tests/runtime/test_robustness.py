@@ -23,6 +23,7 @@ from src.runtime.records import write_json_atomic
 from src.train import train
 from tests.conftest import REPO
 from tests.helpers import md_rows
+from tests.helpers.cli import run_main
 from tests.helpers.idx import write_fake_emnist
 
 ONE_JOB = ["data=digits", "trainer=cpu", "trainer.enable_progress_bar=false"]
@@ -165,21 +166,19 @@ def test_a_killed_run_resumes_to_the_same_result(
 
 
 @pytest.mark.parametrize("ckpt,message", [("last", "ckpt_path=last but"), ("/no/such.ckpt", "is not a file")])
-def test_a_missing_checkpoint_is_a_clear_error(tmp_path: Path, ckpt: str, message: str) -> None:
-    proc = cli(*ONE_JOB, f"ckpt_path={ckpt}", "logger=csv", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 2
-    output = proc.stdout + proc.stderr
+def test_a_missing_checkpoint_is_a_clear_error(tmp_path: Path, ckpt: str, message: str, capfd) -> None:
+    assert run_main("train", *ONE_JOB, f"ckpt_path={ckpt}", "logger=csv", f"hydra.run.dir={tmp_path}") == 2
+    output = "".join(capfd.readouterr())
     assert f"ckpt_path={ckpt}" in output and message in output and "Traceback" not in output
     assert not (tmp_path / "metrics.json").exists()  # a bad setting, not a failed run
 
 
-def test_a_damaged_last_checkpoint_stops_the_resume_in_one_paragraph(tmp_path: Path) -> None:
+def test_a_damaged_last_checkpoint_stops_the_resume_in_one_paragraph(tmp_path: Path, capfd) -> None:
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.parent.mkdir()
     last.write_bytes(b"PK\x03\x04 cut short by a kill")
-    proc = cli(*ONE_JOB, "logger=csv", f"hydra.run.dir={tmp_path}")  # resume=true finds it
-    assert proc.returncode == 2
-    output = proc.stdout + proc.stderr
+    assert run_main("train", *ONE_JOB, "logger=csv", f"hydra.run.dir={tmp_path}") == 2  # resume=true finds it
+    output = "".join(capfd.readouterr())
     assert f"Cannot resume from {last}" in output and "Traceback" not in output
     assert last.read_bytes() == b"PK\x03\x04 cut short by a kill"  # left for the user to look at
     assert not (tmp_path / "metrics.json").exists()
@@ -490,15 +489,17 @@ def test_label_count_mismatch_is_named(tmp_path: Path) -> None:
         OneClassDataModule("emnist", root=str(tmp_path)).setup()
 
 
-def test_cli_on_a_corrupt_data_file_stops_in_one_paragraph_and_records_the_failure(tmp_path: Path) -> None:
+def test_cli_on_a_corrupt_data_file_stops_in_one_paragraph_and_records_the_failure(
+    tmp_path: Path, capfd
+) -> None:
     root = tmp_path / "data"
     write_fake_emnist(root, "byclass", n_classes=62, per_class=(4, 2))
     path = root / "EMNIST" / "raw" / "emnist-byclass-train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-100])
     run_dir = tmp_path / "run"
-    proc = cli("data=emnist", "trainer=cpu", "logger=csv", f"data.root={root}", f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    output = proc.stdout + proc.stderr
+    args = ("data=emnist", "trainer=cpu", "logger=csv", f"data.root={root}", f"hydra.run.dir={run_dir}")
+    assert run_main("train", *args) == 2
+    output = "".join(capfd.readouterr())
     [error] = [line for line in output.splitlines() if "ERROR" in line]
     assert f"{path} is corrupt:" in error and "truncated" in error and "Fix:" in error
     assert "Traceback" not in output
