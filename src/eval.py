@@ -292,11 +292,11 @@ def main(cfg: DictConfig) -> float | None:
     except UsageError as err:  # a setting or a data file to fix: the message names it and the fix
         stop_on(err, exit_code=2, logger=log)
     stage = record["stage"]
-    print(
-        f"{stage}/auroc: {record[f'{stage}/auroc']:.4f}   {stage}/auprc: {record[f'{stage}/auprc']:.4f}   "
-        f"({record['n_normal']} normal, {record['n_anomaly']} anomalous samples)"
-    )
-    print(f"outputs: {cfg.paths.output_dir}")
+    # logged, not printed: the run's log file (eval.log) ends with them too
+    auroc, auprc = record[f"{stage}/auroc"], record[f"{stage}/auprc"]
+    log.info("%s/auroc: %.4f   %s/auprc: %.4f   (%d normal, %d anomalous samples)",
+             stage, auroc, stage, auprc, record["n_normal"], record["n_anomaly"])  # fmt: skip
+    log.info("outputs: %s", cfg.paths.output_dir)
     return record[f"{stage}/auroc"]
 
 

@@ -184,8 +184,9 @@ def main(cfg: DictConfig) -> float | None:
         if wandb is not None:
             wandb.finish(exit_code=exit_code)
     shown = {k: "none" if metrics[k] is None else f"{metrics[k]:.4f}" for k in ("test/auroc", "val/auroc")}
-    print(f"test/auroc: {shown['test/auroc']}   (val/auroc best: {shown['val/auroc']})")
-    print(f"outputs: {output_dir}")
+    # logged, not printed: the run's log file (train.log) ends with them too
+    log.info("test/auroc: %s   (val/auroc best: %s)", shown["test/auroc"], shown["val/auroc"])
+    log.info("outputs: %s", output_dir)
     return metrics.get(cfg.get("optimized_metric"))
 
 

@@ -18,6 +18,7 @@ from src.analysis.report import main as report_main
 from src.train import train
 from tests.conftest import REPO
 from tests.helpers import read_md
+from tests.helpers.cli import run_main
 from tests.helpers.wandb_file import offline_run_files, read_run
 
 
@@ -635,3 +636,21 @@ def test_a_clipping_sweep_reports_g_norm_after_the_first_epoch(tmp_path: Path) -
     late = "| max train/g_norm from the second epoch on | 2 | 5 | +10 (gradient_clip_val=null, model=rae: "
     assert late + "50.5 / 40.5) |" in section
     assert "| median train/g_norm from the second epoch on | 2 | 0 |" in section
+
+
+def test_a_multirun_ends_with_a_line_per_job_and_the_report_command(tmp_path: Path, capfd) -> None:
+    sweep = tmp_path / "sweep"
+    args = ["-m", "data=digits", "trainer=cpu", "logger=csv", "model=ae,rae", "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    assert run_main("train", *args) == 0
+    out = capfd.readouterr().out
+    summary = out[out.index(f"Sweep {sweep}: 2 jobs") :].splitlines()
+    assert len(summary) == 4 and summary[-1] == f"Tables and plots: python -m src.report {sweep}"
+    for line, model in zip(summary[1:3], ("model=ae", "model=rae"), strict=True):
+        job, status, _, auroc = line.split()
+        assert model in job.split(",") and status == "completed" and 0 <= float(auroc) <= 1
+        record = json.loads((sweep / job / "metrics.json").read_text())
+        assert auroc == f"{record['test/auroc']:.4f}"
+        # the job's own log ends with its result and where it is, as the console did
+        log_lines = (sweep / job / "train.log").read_text().splitlines()
+        assert f"test/auroc: {auroc}" in log_lines[-2] and log_lines[-1].endswith(f"outputs: {sweep / job}")
