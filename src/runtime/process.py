@@ -3,10 +3,12 @@ process-wide settings for one job, and how they stop on an expected failure."""
 
 import ctypes
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -56,13 +58,16 @@ def torch_settings(cfg: DictConfig) -> Iterator[None]:
     torch's defaults, not the previous job's settings.
 
     ``threads`` also goes into ``OMP_NUM_THREADS`` for the run: Lightning's DDP launcher sets its own
-    count (cores / processes) wherever that variable is unset, and the ranks it starts inherit it."""
+    count (cores / processes) wherever that variable is unset, and the ranks it starts inherit it. Left
+    unset, torch's own count is lowered to ``usable_cpus()`` where the process may use fewer CPUs."""
     threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     precision = torch.get_float32_matmul_precision()
     try:
         if cfg.get("threads") is not None:
             torch.set_num_threads(cfg.threads)
             os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
+        elif usable_cpus() < threads:
+            torch.set_num_threads(usable_cpus())
         if cfg.get("float32_matmul_precision"):  # "high" allows TF32 on Ampere+ GPUs
             torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
         yield
@@ -73,6 +78,22 @@ def torch_settings(cfg: DictConfig) -> Iterator[None]:
         else:
             os.environ["OMP_NUM_THREADS"] = env
         torch.set_float32_matmul_precision(precision)
+
+
+def usable_cpus(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The CPUs this process may use: the fewest of its CPU affinity, its cgroup's CPU quota (a
+    container's ``--cpus``) and SLURM's ``SLURM_CPUS_PER_TASK``. torch counts the machine's cores, so a
+    job packed onto a shared node would otherwise run more threads than it has CPUs."""
+    counts = [len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1]
+    try:
+        quota, period = Path(cgroup_cpu_max).read_text().split()
+        if quota != "max":
+            counts.append(max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 quota here
+        pass
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        counts.append(max(1, int(os.environ["SLURM_CPUS_PER_TASK"])))
+    return min(counts)
 
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
