@@ -4,7 +4,7 @@ import statistics
 import pytest
 import torch
 
-from benchmarks import logger_cost, loop_cost
+from benchmarks import concurrency, logger_cost, loop_cost
 from benchmarks.train_speed import ReferenceLoop, Setup, _Interleave, framework, main, write_fake_emnist
 
 
@@ -135,3 +135,25 @@ def test_loop_cost_refuses_settings_it_cannot_run_before_any_work(tmp_path, caps
         loop_cost.main([flag, "--out", str(tmp_path / "out")])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_concurrency_compares_each_case_with_jobs_times_alone_over_cores(capsys) -> None:
+    # 2 cores: two jobs ideally take as long as one alone, four twice as long
+    assert concurrency._row("default", "2 at once", 2, 30.0, 10.0, 2)["over_ideal"] == 3.0
+    assert concurrency._row("default", "4 at once", 4, 30.0, 10.0, 2)["over_ideal"] == 1.5
+    assert concurrency._row("default", "1 at once", 1, 10.0, 10.0, 2)["over_ideal"] == 1.0
+    stopped = concurrency._row("default", "4 at once", 4, None, 10.0, 2)
+    concurrency.print_table({"cores": 2, "epochs": 1, "timeout_s": 60, "rows": [stopped]})
+    assert "| default | 4 at once | > 60 (stopped) | – |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_concurrency_runs_every_setting_alone_and_together(tmp_path) -> None:
+    result = concurrency.main(
+        ["--epochs", "1", "--counts", "1", "2", "--no-launchers", "--out", str(tmp_path)]
+    )
+    cases = [(r["setting"], r["case"]) for r in result["rows"]]
+    assert cases == [(s, f"{n} at once") for s in concurrency.SETTINGS for n in (1, 2)]
+    assert all(r["wall_s"] > 0 and r["over_ideal"] > 0 for r in result["rows"])
+    [saved] = tmp_path.glob("concurrency-*.json")
+    assert json.loads(saved.read_text()) == result
