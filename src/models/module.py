@@ -94,7 +94,7 @@ class AnomalyAutoEncoder(LightningModule):
         self.compiled_batch_size = 0
         # In the checkpoint, so that a run resumed mid-epoch reports the whole epoch's mean loss. A NaN loss
         # is the TrainingMonitor's to stop; "ignore" rather than "disable", which drops the weights.
-        self.train_loss = MeanMetric(nan_strategy="ignore")
+        self.train_loss = MeanMetric(nan_strategy="ignore", sync_on_compute=False)
         self.train_loss.persistent(True)
         self.val_metrics = AnomalyMetrics()
         self.test_metrics = AnomalyMetrics()
@@ -110,7 +110,9 @@ class AnomalyAutoEncoder(LightningModule):
             out = self.net(x)
         losses = autoencoder_loss(x, out.x_hat, out.mu, out.logvar, self.hparams.beta)
         self.step_losses = {f"train/{k}": v.detach() for k, v in losses.items()}
-        self.train_loss.update(losses["loss"].detach(), weight=len(x))
+        # the mean over the ranks (a no-op on one device): every rank then holds the same sums, so the one
+        # checkpoint rank 0 writes resumes each of them exactly
+        self.train_loss.update(self.trainer.strategy.reduce(losses["loss"].detach()), weight=len(x))
         return losses["loss"]
 
     def compile_stance(self, batch_size: int):
@@ -129,7 +131,8 @@ class AnomalyAutoEncoder(LightningModule):
         self.train_loss.reset()
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/epoch_loss", self.train_loss.compute())
+        # the same on every rank already; ``sync_dist`` only keeps Lightning from advising it under DDP
+        self.log("train/epoch_loss", self.train_loss.compute(), sync_dist=True)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

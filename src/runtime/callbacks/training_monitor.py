@@ -63,7 +63,8 @@ class TrainingMonitor(Callback):
         return not (trainer.global_step + 1) % every or trainer.should_stop
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        pl_module.log("train/g_norm_max", self.g_norm_max)  # the same on all ranks (averaged gradients)
+        # the same on every rank (averaged gradients); ``sync_dist`` keeps Lightning from advising it
+        pl_module.log("train/g_norm_max", self.g_norm_max, sync_dist=True)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
         # The loggers write out what they hold, so the history on disk reaches the checkpoint's step even
