@@ -226,7 +226,7 @@ RAE_WITH_A_WORKER = ["model=rae", "data.num_workers=1", "callbacks.last_checkpoi
     [
         ([], SIGTERM_AT_20, 143, 21),  # preemption: stops after step 20
         pytest.param(RAE_WITH_A_WORKER, CTRL_C_AT_20, 130, 21, marks=pytest.mark.slow),  # as SIGTERM does
-        (RAE_WITH_A_WORKER, KILL_AT_20, -9, 8),  # killed at 20, resumed from step 8
+        pytest.param(RAE_WITH_A_WORKER, KILL_AT_20, -9, 8, marks=pytest.mark.slow),  # resumed from step 8
         # at an epoch's end the stop waits for the validation, whose last.ckpt then holds the epoch
         pytest.param([], SIGTERM_AT_31, 143, 32, marks=pytest.mark.slow),
         pytest.param([], SIGTERM_IN_VAL, 143, 32, marks=pytest.mark.slow),
