@@ -14,7 +14,7 @@ STUDY_DIR ?= logs/study
 DATA ?=
 EPOCHS ?=
 WANDB ?=
-.PHONY: help install train sweep study claims report eval bench test test-full test-gpu lint format clean-logs
+.PHONY: help install train sweep study claims report eval bench test test-full test-gpu lint format docs docs-serve clean-logs
 
 help: ## List every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -72,6 +72,12 @@ lint: $(STAMP) ## ruff check and format check
 format: $(STAMP) ## Format and fix lint with ruff
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+docs: $(STAMP) ## Build the documentation site into site/ (fails on a broken link or a page missing from the nav)
+	$(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(STAMP) ## Serve the documentation site at http://127.0.0.1:8000, rebuilt on every change
+	$(VENV)/bin/mkdocs serve
 
 clean-logs: ## Delete logs/ (every run's outputs)
 	rm -rf logs

@@ -10,6 +10,7 @@ settings.
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from omegaconf import OmegaConf
@@ -240,7 +241,8 @@ def _sweep_dir(path: str | Path) -> Path:
 
 
 def upload(sweep_dir: Path, df: pd.DataFrame, images: list[Path]) -> None:
-    """A summary run in the sweep's W&B group: the results table, the paired table and the plots."""
+    """A summary run in the sweep's W&B group: the results table, the paired table, the plots and, for a
+    depth sweep, its curves as W&B charts."""
     group = sweep_dir.name
     if (sweep_dir / "multirun.yaml").is_file():  # the group its jobs logged to
         group = sweep_group(OmegaConf.load(sweep_dir / "multirun.yaml").task_name, sweep_dir)
@@ -255,7 +257,28 @@ def upload(sweep_dir: Path, df: pd.DataFrame, images: list[Path]) -> None:
         group=group,
         tables=tables,
         images={p.stem: p for p in images},
+        charts=depth_charts(df) if table_rows(df, collect(sweep_dir)[2]) == ["n_layers"] else None,
     )
+
+
+def depth_charts(df: pd.DataFrame) -> dict[str, Any]:
+    """The degradation panels as W&B charts: test AUROC and final train loss against ``model.n_layers``,
+    one line per model, each point the mean over the seeds that completed."""
+    import wandb
+
+    done = df[df.status == "completed"]
+    charts = {}
+    for column, key in (("test_auroc", "test/auroc"), ("train_loss", "train/epoch_loss")):
+        means = done.pivot_table(index="n_layers", columns="model", values=column, aggfunc="mean")
+        lines = [means[model].dropna() for model in means.columns]
+        charts[f"{column}_vs_n_layers"] = wandb.plot.line_series(
+            xs=[line.index.tolist() for line in lines],
+            ys=[line.tolist() for line in lines],
+            keys=[str(model) for model in means.columns],
+            title=f"{key} vs model.n_layers (mean over seeds)",
+            xname="model.n_layers",
+        )
+    return charts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,13 +49,14 @@ def log_to_wandb(
     config: dict[str, Any] | None = None,
     tables: dict[str, Any] | None = None,
     images: dict[str, Path] | None = None,
+    charts: dict[str, Any] | None = None,
     summary: dict[str, Any] | None = None,
     files: tuple[Path, ...] = (),
 ) -> None:
     """One W&B run of ``job_type`` (``eval``, ``report``, ``claims``) written under ``out``: ``tables``
-    (pandas DataFrames) and ``images`` (PNG files) logged once, ``summary`` as its summary, ``files``
-    copied into its files. Offline without credentials; a failure is a warning, since the results are on
-    disk already."""
+    (pandas DataFrames), ``images`` (PNG files) and ``charts`` (``wandb.plot`` objects) logged once,
+    ``summary`` as its summary, ``files`` copied into its files. Offline without credentials; a failure is
+    a warning, since the results are on disk already."""
     import wandb
 
     try:
@@ -63,6 +64,7 @@ def log_to_wandb(
                         dir=str(out), mode=wandb_mode()) as run:  # fmt: skip
             logged = {k: wandb.Table(dataframe=df) for k, df in (tables or {}).items()}
             logged |= {k: wandb.Image(str(path)) for k, path in (images or {}).items()}
+            logged |= charts or {}
             run.log(logged)
             run.summary.update(summary or {})
             for path in files:  # a copy in the run's files, uploaded with it (a save would link it)

@@ -384,10 +384,11 @@ def test_report_logs_a_summary_run_to_wandb(tmp_path: Path, monkeypatch, caplog)
                     "hydra": {"sweeper": {"params": {}}, "overrides": {"task": []}}}  # fmt: skip
     sweep.mkdir()
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(multirun_cfg))
-    for n in (1, 2):
-        for model in ("ae", "rae"):
-            overrides = [f"model={model}", f"model.n_layers={n}"]
-            _job(sweep, f"{model}{n}", overrides, _metrics(model, n, 0, 0.5 + n / 10, 3.0))
+    auroc = {(model, n, seed): 0.5 + n / 10 + 0.01 * seed + (model == "rae") / 100
+             for model in ("ae", "rae") for n in (1, 2) for seed in (0, 1)}  # fmt: skip
+    for (model, n, seed), value in auroc.items():
+        overrides = [f"model={model}", f"model.n_layers={n}", f"seed={seed}"]
+        _job(sweep, f"{model}{n}s{seed}", overrides, _metrics(model, n, seed, value, 3.0 - n / 10))
     try:
         assert report_main([str(sweep), "--wandb"]) == 0
     finally:
@@ -403,6 +404,14 @@ def test_report_logs_a_summary_run_to_wandb(tmp_path: Path, monkeypatch, caplog)
     for key in ("results", "paired", "auroc_vs_depth"):  # the tables and the plot are in the run's files
         assert (run_file.parent / "files" / logged[f"{key}.path"]).is_file()
     assert "No W&B credentials: logging offline" in caplog.text
+    # the depth curves as W&B charts: per model and depth, the mean over the seeds
+    chart = json.loads((run_file.parent / "files" / logged["test_auroc_vs_n_layers_table.path"]).read_text())
+    assert chart["columns"] == ["step", "lineKey", "lineVal"]
+    expected = {
+        (n, model): (auroc[model, n, 0] + auroc[model, n, 1]) / 2 for model in ("ae", "rae") for n in (1, 2)
+    }
+    assert {(n, model): value for n, model, value in chart["data"]} == pytest.approx(expected)
+    assert logged["train_loss_vs_n_layers_table._type"] == "table-file"
 
 
 def test_report_and_claims_write_their_files_when_wandb_fails(tmp_path: Path) -> None:
