@@ -67,7 +67,7 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
             "fast_dev_run): testing the final weights; val/auroc is none."
         )
     try:
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
     except SystemExit as err:
         _exit_130_after_ctrl_c(trainer, err, pressed=False)
         raise
@@ -102,7 +102,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _train(cfg: DictConfig, start: float) -> tuple[dict[str, Any], dict[str, Any]]:
     skip_unloadable_nvml_check()  # 0.3-0.5 ms a step on a machine without an NVIDIA driver
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the config and metrics.json
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.check_available()
     ckpt_path = resume_path(cfg)
@@ -183,9 +183,10 @@ def main(cfg: DictConfig) -> float | None:
         wandb = sys.modules.get("wandb")
         if wandb is not None:
             wandb.finish(exit_code=exit_code)
-    shown = {k: "none" if metrics[k] is None else f"{metrics[k]:.4f}" for k in ("test/auroc", "val/auroc")}
+    keys = ("test/auroc", "test/auprc", "val/auroc")
+    shown = {k: "none" if metrics.get(k) is None else f"{metrics[k]:.4f}" for k in keys}
     # logged, not printed: the run's log file (train.log) ends with them too
-    log.info("test/auroc: %s   (val/auroc best: %s)", shown["test/auroc"], shown["val/auroc"])
+    log.info("test/auroc: %s   test/auprc: %s   (val/auroc best: %s)", *shown.values())
     log.info("outputs: %s", output_dir)
     return metrics.get(cfg.get("optimized_metric"))
 

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import hydra
 import pytest
 import torch
 import wandb
@@ -18,6 +19,7 @@ from omegaconf import open_dict
 import src.train
 from src.data.datamodule import NoTrainingBatchError
 from src.models.module import AnomalyAutoEncoder
+from src.runtime.callbacks.progress import EpochLines, progress_bar
 from src.runtime.config import ConfigError
 from src.runtime.process import quiet_dependency_notices
 from src.train import train
@@ -69,16 +71,27 @@ def test_step_metrics_follow_log_every_n_steps_like_self_log(make_cfg) -> None:
     assert all(r["train/loss"] and r["epoch"] for r in rows)
 
 
-def test_the_progress_bar_redraws_every_20_steps_and_can_be_turned_off(make_cfg, tmp_path: Path) -> None:
+def test_progress_is_one_line_per_epoch_off_a_terminal_and_can_be_turned_off(
+    make_cfg, tmp_path: Path, caplog, monkeypatch
+) -> None:
     _, objects = train(make_cfg())  # the tests' configs set trainer.enable_progress_bar=false
     assert objects["trainer"].progress_bar_callback is None
-    cfg = make_cfg()
+    cfg = make_cfg("trainer.max_epochs=3", "logger=csv")
     with open_dict(cfg):
         cfg.trainer.enable_progress_bar = True
-        cfg.paths.output_dir = str(tmp_path / "with_bar")
-    _, objects = train(cfg)
-    assert isinstance(objects["trainer"].progress_bar_callback, TQDMProgressBar)
-    assert objects["trainer"].progress_bar_callback.refresh_rate == 20
+        cfg.paths.output_dir = str(tmp_path / "lines")
+    with caplog.at_level(logging.INFO, logger="src.runtime.callbacks.progress"):
+        train(cfg)  # pytest's standard output is not a terminal
+    lines = [r.getMessage() for r in caplog.records if r.name == "src.runtime.callbacks.progress"]
+    losses = csv_metric(cfg.paths.output_dir, "train/epoch_loss")
+    aurocs = csv_metric(cfg.paths.output_dir, "val/auroc")
+    assert len(lines) == len(losses) == len(aurocs) == 3
+    for epoch, (line, loss, auroc) in enumerate(zip(lines, losses, aurocs, strict=True), start=1):
+        assert line.startswith(f"epoch {epoch}/3  train/epoch_loss {loss:.4f}  val/auroc {auroc:.4f}  (")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    bar = hydra.utils.instantiate(cfg.callbacks.progress_bar)  # style=auto, on a terminal
+    assert isinstance(bar, TQDMProgressBar) and bar.refresh_rate == 20  # redrawn every 20 steps
+    assert isinstance(progress_bar(style="lines", refresh_rate=20), EpochLines)
 
 
 def test_the_model_summary_has_depth_2_and_can_be_turned_off(make_cfg, tmp_path: Path) -> None:

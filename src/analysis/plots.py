@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib import rcParams
+from matplotlib import colormaps, rcParams
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -16,6 +16,25 @@ def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+def setting_line(df: pd.DataFrame, per_point: list[str], error_bars: bool = True) -> str:
+    """What a sweep's figure shows, for its title: the data set(s), the epochs trained and how many
+    seeds make each point (grouped by ``per_point``); "1 seed" where a point has no error bar."""
+    done = df[df.status == "completed"] if "status" in df else df
+    parts = [", ".join(sorted(map(str, done.dataset.dropna().unique())))]
+    epochs = sorted(int(e) for e in done.get("epochs", pd.Series(dtype=float)).dropna().unique())
+    if epochs:
+        parts.append(f"{epochs[0]} epochs" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]} epochs")
+    seeds = done.groupby(per_point).size() if len(done) else pd.Series([0])
+    lo, hi = int(seeds.min()), int(seeds.max())
+    if not error_bars:
+        parts.append(f"{lo} seed{'s' * (hi > 1)}" if lo == hi else f"{lo}-{hi} seeds")
+    elif hi == 1:
+        parts.append("1 seed, no error bars")
+    else:
+        parts.append(f"{lo} seeds, mean ± std" if lo == hi else f"{lo}-{hi} seeds, mean ± std")
+    return "; ".join(p for p in parts if p)
 
 
 def versus_depth(
@@ -29,18 +48,26 @@ def versus_depth(
 ) -> Path:
     """Mean over seeds per model and depth (or another numeric setting ``x``), with standard
     deviations as error bars; with ``by`` (a second swept setting), one curve per model and value of
-    it, e.g. the degradation curves of two datasets side by side."""
+    it, e.g. the degradation curves of two datasets side by side. Curves are drawn slightly apart
+    along x, so that error bars at the same x do not hide each other."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    for key, group in df.groupby(["model", by] if by else "model"):
-        label = f"{key[0]}, {by}={key[1]}" if by else key
-        stats = group.groupby(x)[value].agg(["mean", "std"]).fillna({"std": 0.0})
-        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=label)
-    ax.set(xlabel="n_layers (per side)" if x == "n_layers" else x, ylabel=ylabel, title=title)
     values = df[x].dropna()
+    log_x = x != "n_layers" and len(values) and values.min() > 0 and values.max() >= 8 * values.min()
+    keys = ["model", by] if by else ["model"]
+    groups = list(df.groupby(keys))
+    spacing = float(np.diff(np.sort(values.unique())).min()) if values.nunique() > 1 else 1.0
+    for i, (key, group) in enumerate(groups):
+        label = f"{key[0]}, {by}={key[1]}" if by else key[0]
+        stats = group.groupby(x)[value].agg(["mean", "std"]).fillna({"std": 0.0})
+        shift = (i - (len(groups) - 1) / 2) * 0.04
+        xs = stats.index * 2**shift if log_x else stats.index + shift * spacing
+        ax.errorbar(xs, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=label)
+    ax.set(xlabel="n_layers (per side)" if x == "n_layers" else x, ylabel=ylabel)
+    ax.set_title(f"{title}\n{setting_line(df, [*keys, x])}", fontsize=10)
     if x == "n_layers":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    elif len(values) and values.min() > 0 and values.max() >= 8 * values.min():  # e.g. 2, 4, ..., 64
+    elif log_x:  # e.g. latent_dim 2, 4, ..., 64
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(values.unique()), [f"{v:g}" for v in sorted(values.unique())])
     ax.legend()
@@ -54,7 +81,8 @@ def by_class(df: pd.DataFrame, path: Path) -> Path:
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
     table.plot.bar(ax=ax, rot=0)
-    ax.set(xlabel="held-out class", ylabel="test AUROC", title="AUROC per held-out class", ylim=(0, 1))
+    ax.set(xlabel="held-out class", ylabel="test AUROC", ylim=(0, 1))
+    ax.set_title(f"AUROC per held-out class\n{setting_line(df, ['model', 'anomaly_class'])}", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
 
@@ -93,11 +121,9 @@ def scores_by_class(scores: pd.DataFrame, by_class: pd.DataFrame, title: str, pa
     lo = float(scores.score.min()) if len(scores) else 0.0
     if lo > 0 and float(scores.score.max()) > 10 * lo:
         ax.set_yscale("log")
-    ax.set(
-        xlabel="class (AUROC against the anomalies); red: anomaly classes, then normal ones hardest first",
-        ylabel="anomaly score",
-        title=title,
-    )
+    # two short lines: one long one is cut at both ends when there are few classes
+    xlabel = "class (AUROC against the anomalies)\nred: anomaly classes; blue: normal ones, hardest first"
+    ax.set(xlabel=xlabel, ylabel="anomaly score", title=title)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
 
@@ -141,6 +167,39 @@ def g_norm_over_steps(sweep_dir: Path, df: pd.DataFrame, path: Path) -> Path | N
     return _save(fig, path)
 
 
+def steps_by_depth(sweep_dir: Path, df: pd.DataFrame, path: Path) -> Path | None:
+    """Per-step ``train/g_norm`` and ``train/loss`` (log scales) of a depth sweep: one row per model,
+    one colour per depth (every seed drawn), from the jobs' CSV histories."""
+    models = sorted(df.model.unique())
+    depths = sorted(df.n_layers.unique())
+    colors = dict(zip(depths, colormaps["viridis"](np.linspace(0, 0.9, len(depths))), strict=True))
+    fig = Figure(figsize=(11, 3.2 * len(models)))
+    axes = fig.subplots(len(models), 2, squeeze=False)
+    drawn = False
+    for row_axes, model in zip(axes, models, strict=True):
+        labelled = set()
+        for job in df[df.model == model].sort_values("n_layers").itertuples():
+            steps = history(sweep_dir / job.job)
+            if steps is None:
+                continue
+            label = None if job.n_layers in labelled else f"n_layers={job.n_layers}"
+            labelled.add(job.n_layers)
+            for ax, key in zip(row_axes, ("train/g_norm", "train/loss"), strict=True):
+                ax.plot(steps["step"], steps[key], color=colors[job.n_layers], alpha=0.6, lw=0.8, label=label)
+            drawn = True
+        for ax, what in zip(row_axes, ("train/g_norm (before clipping)", "train/loss"), strict=True):
+            ax.set(yscale="log", xlabel="step", ylabel=what, title=f"{model}: {what}")
+            ax.grid(alpha=0.3)
+        if labelled:
+            row_axes[1].legend(fontsize=7, ncol=2)
+    if not drawn:
+        return None
+    fig.suptitle(
+        f"Per-step curves by depth ({setting_line(df, ['model', 'n_layers'], error_bars=False)})", fontsize=10
+    )
+    return _save(fig, path)
+
+
 def make_all(sweep_dir: Path, df: pd.DataFrame, axes: list[str] | None = None) -> list[Path]:
     """Every plot the sweep's settings allow; returns the files written. ``axes`` are the swept
     settings (besides model and seed): a curve over one of them is drawn when it is the only one, or
@@ -167,6 +226,8 @@ def make_all(sweep_dir: Path, df: pd.DataFrame, axes: list[str] | None = None) -
             title = "Degradation: train loss vs depth"
             out.append(versus_depth(plain, "train_loss", "final train loss", title,
                                     sweep_dir / "train_loss_vs_depth.png", by=by))  # fmt: skip
+        if not by:
+            out.append(steps_by_depth(sweep_dir, done, sweep_dir / "steps_by_depth.png"))
     if done.anomaly_class.nunique() > 1 and only("anomaly_class"):
         out.append(by_class(done, sweep_dir / "auroc_by_class.png"))
     if df.gradient_clip_val.nunique() > 1:

@@ -17,7 +17,7 @@ from src.runtime.wandb_access import DEFAULT_PROJECT
 
 COLUMNS = [
     "job", "status", "model", "n_layers", "block", "hidden_dim", "latent_dim", "dataset",
-    "anomaly_class", "seed", "gradient_clip_val", "train_loss", "val_auroc", "test_auroc",
+    "anomaly_class", "seed", "gradient_clip_val", "epochs", "train_loss", "val_auroc", "test_auroc",
     "test_auprc", "g_norm_max", "test_normal", "test_anomaly", "wall_time_s", "torch_threads", "error",
 ]  # fmt: skip
 
@@ -95,6 +95,7 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         | {"status": m.get("status")}
         | _settings(m.get("model_name"), m["model"], m["data"], m.get("seed"), clip)
         | {
+            "epochs": m.get("epochs"),
             "train_loss": m.get("train/loss"),
             "val_auroc": m.get("val/auroc"),
             "test_auroc": m.get("test/auroc"),

@@ -65,7 +65,7 @@ def resolve_anomaly_classes(anomaly_class: AnomalyClass, names: list[str]) -> li
             raise ValueError(
                 f"data.anomaly_class={item!r} is not a class of this dataset. Allowed: a label "
                 f"0..{len(names) - 1} or one of the names {names}; for several classes use a list, "
-                "e.g. data.anomaly_class=[0,24,50]."
+                f"e.g. data.anomaly_class=[0,{len(names) - 1}]."
             )
     return sorted(set(labels))
 

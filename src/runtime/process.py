@@ -17,17 +17,18 @@ from omegaconf import DictConfig
 
 
 class _DropLightningTips(logging.Filter):
-    """Lightning 2.6 advertises its cloud logger ("💡 Tip: ... litlogger") at every ``Trainer``."""
+    """Lightning 2.6 advertises its cloud logger ("💡 Tip: ... litlogger") at every ``Trainer``, and says
+    on every machine without a TPU that it has none."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        return not str(record.msg).startswith(("💡 Tip", "TPU available: False"))
 
 
 _DROP_TIPS = _DropLightningTips()
 
 
 def quiet_dependency_notices() -> None:
-    """Silence messages a user can do nothing about: Lightning's advertisement and torch 2.14's
+    """Silence messages a user can do nothing about: Lightning's advertisement, its "no TPU" and torch 2.14's
     deprecation of the ``LeafSpec`` that Lightning 2.6 still builds, in every run; and, with
     ``trainer.precision=bf16-mixed``, the model summary's warning that it sizes the weights at 32 bits,
     which is right (mixed precision keeps them in float32). Called by the entry points, not at import."""

@@ -41,7 +41,8 @@ def test_multirun_then_report(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     output = proc.stdout + proc.stderr
-    assert output.count("wandb: Tracking run") == 8
+    assert output.count("wandb: Run data is saved locally in") == 8  # W&B quiet: no banner, no summary block
+    assert "wandb: Run history:" not in output
     assert "wandb: WARNING" not in output  # e.g. the deprecated `anonymous` setting Lightning passes
     assert "override existing callbacks" not in output  # one read-back callback, not one per fit/test
 
@@ -70,7 +71,7 @@ def test_multirun_then_report(tmp_path: Path) -> None:
     table = report.split("## Test AUROC per n_layers")[1].split("##")[0]
     assert "| n_layers | ae | rae |" in table
     assert table.count("(2)") == 4  # 2 depths x 2 models, two seeds per cell
-    for name in ("auroc_vs_depth.png", "train_loss_vs_depth.png"):
+    for name in ("auroc_vs_depth.png", "train_loss_vs_depth.png", "steps_by_depth.png"):
         with Image.open(sweep / name) as img:
             img.verify()
             assert img.size[0] > 300

@@ -139,8 +139,11 @@ def test_anomaly_classes_by_label_name_or_list() -> None:
     assert resolve_anomaly_classes([50, 0, 24], names) == [0, 24, 50]
     with pytest.raises(ValueError, match=r"data.anomaly_class='\?'"):
         resolve_anomaly_classes("?", names)
-    with pytest.raises(ValueError, match="data.anomaly_class=62"):
+    with pytest.raises(ValueError, match="data.anomaly_class=62") as err:
         resolve_anomaly_classes(62, names)
+    assert "data.anomaly_class=[0,61]." in str(err.value)  # an example that fits the data set
+    with pytest.raises(ValueError, match=r"0\.\.9 .*data.anomaly_class=\[0,9\]\.$"):  # e.g. digits
+        resolve_anomaly_classes(10, [str(d) for d in range(10)])
 
 
 def test_unknown_split_or_dataset_is_rejected_before_loading() -> None:
