@@ -33,36 +33,36 @@ class EpochLines(ProgressBar):
 
     def __init__(self) -> None:
         super().__init__()
-        self._enabled = True
-        self._epoch: tuple[int, float] | None = None  # (the epoch under way, when it started)
-        self._val_auroc: float | None = None
+        self.writing = True
+        self.epoch_started: tuple[int, float] | None = None  # (the epoch under way, when it started)
+        self.val_auroc: float | None = None
 
     def disable(self) -> None:
-        self._enabled = False
+        self.writing = False
 
     def enable(self) -> None:
-        self._enabled = True
+        self.writing = True
 
     def on_train_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._write_finished_epoch(trainer)
-        self._epoch, self._val_auroc = (trainer.current_epoch, time.perf_counter()), None
+        self.write_finished_epoch(trainer)
+        self.epoch_started, self.val_auroc = (trainer.current_epoch, time.perf_counter()), None
 
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if not trainer.sanity_checking and "val/auroc" in trainer.callback_metrics:
-            self._val_auroc = float(trainer.callback_metrics["val/auroc"])
+            self.val_auroc = float(trainer.callback_metrics["val/auroc"])
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._write_finished_epoch(trainer)
+        self.write_finished_epoch(trainer)
 
-    def _write_finished_epoch(self, trainer: "pl.Trainer") -> None:
-        if self._epoch is None or not (self._enabled and trainer.is_global_zero):
+    def write_finished_epoch(self, trainer: "pl.Trainer") -> None:
+        if self.epoch_started is None or not (self.writing and trainer.is_global_zero):
             return
-        epoch, start = self._epoch
-        self._epoch = None
+        epoch, start = self.epoch_started
+        self.epoch_started = None
         of = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         parts = [f"epoch {epoch + 1}{of}"]
         if "train/epoch_loss" in trainer.callback_metrics:
             parts.append(f"train/epoch_loss {float(trainer.callback_metrics['train/epoch_loss']):.4f}")
-        if self._val_auroc is not None:
-            parts.append(f"val/auroc {self._val_auroc:.4f}")
+        if self.val_auroc is not None:
+            parts.append(f"val/auroc {self.val_auroc:.4f}")
         log.info("%s  (%.1f s)", "  ".join(parts), time.perf_counter() - start)
