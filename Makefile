@@ -14,7 +14,7 @@ STUDY_DIR ?= logs/study
 DATA ?=
 EPOCHS ?=
 WANDB ?=
-.PHONY: help install train sweep study claims report eval bench test test-full test-gpu lint format docs docs-serve clean-logs
+.PHONY: help install train sweep study claims report eval bench test test-full test-gpu mutate lint format docs docs-serve clean-logs
 
 help: ## List every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,10 @@ test-full: $(STAMP) ## Run every test but the GPU ones, slow ones included
 test-gpu: $(STAMP) ## Run the tests that need a CUDA device
 	$(PY) -m pytest -m gpu $(ARGS)
 
+mutate: $(STAMP) ## Mutation testing of the models, losses, metric and splits (mutmut; not part of make test)
+	$(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut results
+
 lint: $(STAMP) ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -74,10 +78,10 @@ format: $(STAMP) ## Format and fix lint with ruff
 	$(VENV)/bin/ruff check --fix .
 
 docs: $(STAMP) ## Build the documentation site into site/ (fails on a broken link or a page missing from the nav)
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 docs-serve: $(STAMP) ## Serve the documentation site at http://127.0.0.1:8000, rebuilt on every change
-	$(VENV)/bin/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 clean-logs: ## Delete logs/ (every run's outputs)
 	rm -rf logs
