@@ -66,7 +66,7 @@ test-gpu: $(STAMP) ## Run the tests that need a CUDA device
 	$(PY) -m pytest -m gpu $(ARGS)
 
 mutate: $(STAMP) ## Mutation testing of the models, losses, metric and splits (mutmut; not part of make test)
-	$(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut run || true
 	$(VENV)/bin/mutmut results
 
 lint: $(STAMP) ## ruff check and format check
