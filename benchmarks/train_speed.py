@@ -89,7 +89,15 @@ def write_fake_emnist(root: Path, n_train: int, n_test: int) -> None:
 
 def make_model(n_layers: int, setup: Setup) -> AutoEncoder:
     torch.manual_seed(0)
-    model = AutoEncoder(784, latent_dim=16, hidden_dim=256, n_layers=n_layers, residual=True)
+    model = AutoEncoder(
+        784,
+        latent_dim=16,
+        hidden_dim=256,
+        n_layers=n_layers,
+        residual=True,
+        variational=False,
+        block="preact",
+    )
     model.to(setup.device)
     if setup.compile:
         torch.compiler.reset()  # as AnomalyAutoEncoder does: each path compiles afresh

@@ -40,7 +40,7 @@ def test_shapes_for_every_depth(name: str, n_layers: int, block: str) -> None:
     out = model(x)
     assert out.x_hat.shape == (5, 64)
     assert ((out.x_hat > 0) & (out.x_hat < 1)).all()
-    assert (out.mu is None) == (not variational)
+    assert (out.mu is None) == (out.logvar is None) == (not variational)
     if variational:
         assert out.mu.shape == out.logvar.shape == (5, 8)
     assert model.score(x).shape == (5,)
@@ -59,13 +59,13 @@ def test_residual_and_plain_variants_hold_the_same_parameters(n_layers: int, blo
 
 
 def test_preact_and_original_units_hold_the_same_parameters() -> None:
-    a = AutoEncoder(784, 16, 64, 5, block="preact")
-    b = AutoEncoder(784, 16, 64, 5, block="original")
+    a = AutoEncoder(784, 16, 64, 5, residual=True, variational=False, block="preact")
+    b = AutoEncoder(784, 16, 64, 5, residual=True, variational=False, block="original")
     assert n_params(a) == n_params(b)
 
 
 def test_each_unit_holds_one_linear_layer() -> None:
-    net = ResidualMLP(10, 3, 16, n_layers=4)
+    net = ResidualMLP(10, 3, 16, n_layers=4, residual=True, block="preact")
     linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 4 + 2  # hidden units plus input and output projections
 
@@ -94,11 +94,23 @@ def test_original_residual_block_at_zero_weights_passes_the_rectified_input() ->
     assert torch.allclose(block(x), torch.relu(x))
 
 
-def test_preact_block_orders_norm_relu_linear() -> None:
-    block = PreActBlock(4, residual=False).eval()
-    x = torch.randn(3, 4)
-    expected = block.fc(torch.relu(block.norm(x)))
-    assert torch.allclose(block(x), expected)
+@pytest.mark.parametrize("residual", [False, True])
+def test_each_unit_computes_he_et_al_s_formula(residual: bool) -> None:
+    """(b) pre-activation ``x + W relu(bn(x))`` and (a) original ``relu(x + bn(W x))``, skip or not, with
+    random weights and BatchNorm statistics, in both modes."""
+    torch.manual_seed(9)
+    x = torch.randn(16, 4)
+    skip = x if residual else torch.zeros_like(x)
+    for block, formula in (
+        (PreActBlock(4, residual=residual), lambda b: skip + b.fc(torch.relu(b.norm(x)))),
+        (OriginalBlock(4, residual=residual), lambda b: torch.relu(skip + b.norm(b.fc(x)))),
+    ):
+        block.norm.running_mean.normal_()
+        block.norm.running_var.uniform_(0.5, 2.0)
+        torch.nn.init.normal_(block.norm.weight)
+        for mode in (block.eval, block.train):
+            mode()
+            assert torch.allclose(block(x), formula(block), atol=1e-6)
 
 
 def test_kl_is_zero_at_the_prior_and_positive_elsewhere() -> None:
@@ -123,7 +135,7 @@ def test_loss_sums_over_pixels_and_averages_over_the_batch() -> None:
 
 def test_vae_score_is_deterministic_and_decodes_the_mean() -> None:
     torch.manual_seed(0)
-    model = AutoEncoder(20, 4, 16, 2, variational=True).eval()
+    model = AutoEncoder(20, 4, 16, 2, residual=True, variational=True, block="preact").eval()
     x = torch.rand(7, 20)
     s1, s2 = model.score(x), model.score(x)
     assert torch.equal(s1, s2)
@@ -149,7 +161,7 @@ def test_out_of_range_settings_are_rejected_by_name_by_the_module() -> None:
 
 
 def test_losses_are_float32_under_bf16_autocast() -> None:
-    model = AutoEncoder(20, 4, 16, 2, variational=True)
+    model = AutoEncoder(20, 4, 16, 2, residual=True, variational=True, block="preact")
     x = torch.rand(8, 20)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)

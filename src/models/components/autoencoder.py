@@ -16,7 +16,8 @@ class AEOutput(NamedTuple):
 
 
 class AutoEncoder(nn.Module):
-    """Symmetric encoder/decoder on the residual MLP backbone.
+    """Symmetric encoder/decoder on the residual MLP backbone. No defaults: the settings' defaults live
+    in ``AnomalyAutoEncoder`` alone.
 
     ``residual`` toggles the identity skips (AE vs RAE); ``variational`` adds a Gaussian latent head
     with the reparameterization trick (AE vs VAE). The decoder ends in a sigmoid because inputs are
@@ -26,12 +27,12 @@ class AutoEncoder(nn.Module):
     def __init__(
         self,
         input_dim: int,
-        latent_dim: int = 16,
-        hidden_dim: int = 256,
-        n_layers: int = 4,
-        residual: bool = True,
-        variational: bool = False,
-        block: BlockType = "preact",
+        latent_dim: int,
+        hidden_dim: int,
+        n_layers: int,
+        residual: bool,
+        variational: bool,
+        block: BlockType,
     ) -> None:
         super().__init__()
         self.variational = variational

@@ -18,7 +18,7 @@ BlockType = Literal["preact", "original"]
 class PreActBlock(nn.Module):
     """(b) proposed: ``x + W(relu(bn(x)))``; without the skip, ``W(relu(bn(x)))``."""
 
-    def __init__(self, width: int, residual: bool = True) -> None:
+    def __init__(self, width: int, residual: bool) -> None:
         super().__init__()
         self.norm = nn.BatchNorm1d(width)
         self.fc = nn.Linear(width, width)
@@ -32,7 +32,7 @@ class PreActBlock(nn.Module):
 class OriginalBlock(nn.Module):
     """(a) original: ``relu(x + bn(W x))``; without the skip, ``relu(bn(W x))``."""
 
-    def __init__(self, width: int, residual: bool = True) -> None:
+    def __init__(self, width: int, residual: bool) -> None:
         super().__init__()
         self.fc = nn.Linear(width, width)
         self.norm = nn.BatchNorm1d(width)
@@ -61,8 +61,8 @@ class ResidualMLP(nn.Module):
         out_dim: int,
         width: int,
         n_layers: int,
-        residual: bool = True,
-        block: BlockType = "preact",
+        residual: bool,
+        block: BlockType,
     ) -> None:
         super().__init__()
         unit = BLOCKS[block]  # the settings are checked by ``src.models.module.check_model_settings``
