@@ -54,7 +54,7 @@ class _ModelOnly(LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, _ = batch
-        return autoencoder_loss(x, self.net(x).x_hat)["loss"]
+        return autoencoder_loss(x, self.net(x).x_hat, beta=1.0)["loss"]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return make_optimizer(self.net)

@@ -114,7 +114,7 @@ def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
 def train_step(model, opt, x: torch.Tensor, setup: Setup) -> tuple[torch.Tensor, torch.Tensor]:
     with setup.autocast():
         out = model(x)
-    loss = autoencoder_loss(x, out.x_hat)["loss"]
+    loss = autoencoder_loss(x, out.x_hat, beta=1.0)["loss"]
     opt.zero_grad(set_to_none=True)
     loss.backward()
     g_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)

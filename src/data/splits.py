@@ -50,9 +50,9 @@ def one_class_split(
     train_labels: torch.Tensor,
     test_labels: torch.Tensor,
     anomaly_classes: list[int],
-    anomaly_ratio: float | None = 0.35,
-    val_fraction: float = 0.1,
-    seed: int = 0,
+    anomaly_ratio: float | None,
+    val_fraction: float,
+    seed: int,
 ) -> SplitIndices:
     """Build train/val/test indices for one-class anomaly detection; deterministic for ``seed``."""
     _check_ratio("anomaly_ratio", anomaly_ratio)

@@ -108,7 +108,7 @@ class AnomalyAutoEncoder(LightningModule):
         x, _ = batch
         with self.compile_stance(len(x)):
             out = self.net(x)
-        losses = autoencoder_loss(x, out.x_hat, out.mu, out.logvar, self.hparams.beta)
+        losses = autoencoder_loss(x, out.x_hat, out.mu, out.logvar, beta=self.hparams.beta)
         self.step_losses = {f"train/{k}": v.detach() for k, v in losses.items()}
         # the mean over the ranks (a no-op on one device): every rank then holds the same sums, so the one
         # checkpoint rank 0 writes resumes each of them exactly

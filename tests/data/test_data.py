@@ -157,7 +157,7 @@ def test_unknown_split_or_dataset_is_rejected_before_loading() -> None:
 def test_bad_ratio_is_rejected(ratio: float) -> None:
     labels = torch.arange(10).repeat(10)
     with pytest.raises(ValueError, match="anomaly_ratio"):
-        one_class_split(labels, labels, [0], anomaly_ratio=ratio)
+        one_class_split(labels, labels, [0], anomaly_ratio=ratio, val_fraction=0.1, seed=0)
 
 
 def test_mix_keeps_as_many_samples_as_the_ratio_allows() -> None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from src.data.splits import one_class_split
+from src.data.splits import mix, one_class_split
 
 # 10 classes: 100 training and 50 test samples each, in a shuffled order
 TRAIN = torch.arange(1000) % 10
@@ -54,3 +54,37 @@ def test_the_natural_proportion_keeps_every_test_sample_and_the_train_split_rati
     assert len(split.test) == 500
     val_anomalous = (TRAIN[split.val] == 5).float().mean().item()
     assert val_anomalous == pytest.approx(0.1, abs=0.01)  # class 5 is a tenth of the training split
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"), [("anomaly_ratio", 1.0), ("anomaly_ratio", 0.0), ("val_fraction", 1.0)]
+)
+def test_a_ratio_outside_0_1_is_refused_by_name(setting: str, value: float) -> None:
+    kwargs = {"anomaly_ratio": 0.35, "val_fraction": 0.1, "seed": 0} | {setting: value}
+    with pytest.raises(ValueError, match=rf"^{setting} must lie strictly between 0 and 1, got {value}$"):
+        one_class_split(TRAIN, TEST, [0], **kwargs)
+    if setting == "anomaly_ratio":  # mix checks its own
+        with pytest.raises(
+            ValueError, match=rf"^anomaly_ratio must lie strictly between 0 and 1, got {value}$"
+        ):
+            mix(torch.arange(5), torch.arange(5, 9), value, torch.Generator())
+
+
+def test_at_least_one_sample_of_each_kind_is_kept_however_small_the_ratio_asks() -> None:
+    gen = torch.Generator().manual_seed(0)
+    # 100 normals at ratio 0.001 ask for 0.1 anomalies: one is kept
+    assert len(mix(torch.arange(100), torch.arange(100, 150), 0.001, gen)) == 101
+    # 5 anomalies at ratio 0.999 ask for 0.005 normals: one is kept
+    assert len(mix(torch.arange(100), torch.arange(100, 105), 0.999, gen)) == 6
+
+
+def test_a_validation_part_of_at_least_one_sample_and_a_training_part_of_at_least_one() -> None:
+    labels = torch.tensor([0] * 5 + [1] * 20)  # 5 normals (class 0), class 1 the anomaly
+    split = one_class_split(labels, labels, [1], anomaly_ratio=0.35, val_fraction=0.05, seed=0)
+    assert (len(split.train), int((labels[split.val] == 0).sum())) == (4, 1)  # 5 x 0.05 rounds to 0: 1
+    two = torch.tensor([0, 0] + [1] * 5)
+    split = one_class_split(two, two, [1], anomaly_ratio=0.35, val_fraction=0.5, seed=0)
+    assert len(split.train) == 1  # the last normal left for training
+    one = torch.tensor([0] + [1] * 5)
+    with pytest.raises(ValueError, match=r"^too few normal samples \(1\) to hold out a validation part$"):
+        one_class_split(one, one, [1], anomaly_ratio=0.35, val_fraction=0.5, seed=0)

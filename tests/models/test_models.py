@@ -64,6 +64,26 @@ def test_preact_and_original_units_hold_the_same_parameters() -> None:
     assert n_params(a) == n_params(b)
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_stack_puts_its_own_norm_and_relu_where_its_unit_type_needs_them(residual: bool) -> None:
+    """Pre-activation: ``BatchNorm -> ReLU`` after the last unit, before the output projection;
+    original: after the input projection, before the first unit."""
+    torch.manual_seed(10)
+    x = torch.randn(16, 5)
+    for block in ("preact", "original"):
+        net = ResidualMLP(5, 3, 8, n_layers=2, residual=residual, block=block).eval()
+        torch.nn.init.normal_(net.norm.weight)
+        net.norm.running_mean.normal_()
+        h = net.proj_in(x)
+        if block == "original":
+            h = torch.relu(net.norm(h))
+        for unit in net.blocks:
+            h = unit(h)
+        if block == "preact":
+            h = torch.relu(net.norm(h))
+        assert torch.allclose(net(x), net.proj_out(h), atol=1e-6), block
+
+
 def test_each_unit_holds_one_linear_layer() -> None:
     net = ResidualMLP(10, 3, 16, n_layers=4, residual=True, block="preact")
     linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
@@ -125,10 +145,12 @@ def test_loss_sums_over_pixels_and_averages_over_the_batch() -> None:
     x = torch.zeros(2, 5)
     x_hat = torch.tensor([[1.0] * 5, [0.0] * 5])
     assert torch.equal(reconstruction_error(x_hat, x), torch.tensor([5.0, 0.0]))
-    losses = autoencoder_loss(x, x_hat)
-    assert losses["loss"].item() == pytest.approx(2.5)
+    losses = autoencoder_loss(x, x_hat, beta=1.0)
+    assert losses.keys() == {"loss", "recon"}  # logged as train/loss and train/recon
+    assert losses["loss"].item() == losses["recon"].item() == pytest.approx(2.5)
     mu, logvar = torch.ones(2, 3), torch.zeros(2, 3)
     vae = autoencoder_loss(x, x_hat, mu, logvar, beta=2.0)
+    assert vae.keys() == {"loss", "recon", "kl"}
     assert vae["kl"].item() == pytest.approx(1.5)
     assert vae["loss"].item() == pytest.approx(2.5 + 2.0 * 1.5)
 
@@ -165,7 +187,7 @@ def test_losses_are_float32_under_bf16_autocast() -> None:
     x = torch.rand(8, 20)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
-        losses = autoencoder_loss(x, out.x_hat, out.mu, out.logvar)
+        losses = autoencoder_loss(x, out.x_hat, out.mu, out.logvar, beta=1.0)
     assert out.x_hat.dtype == torch.bfloat16  # the network did run in bf16 ...
     assert {v.dtype for v in losses.values()} == {torch.float32}  # ... the sums did not
 

@@ -21,7 +21,8 @@ def autoencoder_loss(
     x_hat: torch.Tensor,
     mu: torch.Tensor | None = None,
     logvar: torch.Tensor | None = None,
-    beta: float = 1.0,
+    *,
+    beta: float,
 ) -> dict[str, torch.Tensor]:
     """Batch-mean loss terms: ``recon`` plus, when a Gaussian latent is given, ``beta * kl``."""
     recon = reconstruction_error(x_hat, x).mean()
