@@ -3,8 +3,11 @@
 The data is rebuilt from the checkpoint (the same split of the same source, by the same ``data.seed``),
 so the test AUROC is the run's own; any ``data.*`` setting given on the command line replaces the run's.
 Writes into its output directory ``eval_metrics.json`` (AUROC, AUPRC, the sizes of the scored split, the
-checkpoint, the data settings and what was changed), ``scores.csv`` (one row per scored sample: its index
-in the source split, its class, whether it is an anomaly, its score), ``scores.png`` (the score
+checkpoint, the data settings and what was changed, and the AUROC of every score: ``auroc_recon``,
+``auroc_sap``, ``auroc_nap`` and each pathway layer's ``auroc_layer_<i>``), ``scores.csv`` (one row per
+scored sample: its index in the source split, its class, whether it is an anomaly, its ``score`` (the
+model's ``model.score``) and every score beside it: ``score_recon``, ``score_sap``, ``score_nap``,
+``score_layer_<i>``), ``scores.png`` (the score
 distributions of normal and anomalous samples), and ``scores_by_class.csv`` and ``scores_by_class.png``
 (each class's scores, and how well the anomalies are told apart from each normal class).
 """
@@ -21,11 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from src.analysis import plots
-from src.data.datamodule import OneClassDataModule, resolve_anomaly_classes
+from src.data.datamodule import OneClassDataModule
 from src.data.sources import class_names
 from src.errors import ConfigError, UsageError
 from src.models.metrics import AnomalyMetrics
-from src.models.module import AnomalyAutoEncoder
+from src.models.module import NAP_FIT_SAMPLES, SCORES, AnomalyAutoEncoder
 from src.runtime.composition import check_command_line
 from src.runtime.config import register_configs, torch_setting_problems
 from src.runtime.instantiate import instantiate_trainer
@@ -92,22 +95,24 @@ def data_settings(cfg: DictConfig, checkpoint: Path) -> tuple[dict[str, Any], di
     return saved, changed
 
 
-def _warn_if_the_normals_differ(saved: dict[str, Any], settings: dict[str, Any]) -> None:
+def _warn_if_the_normals_differ(
+    saved: dict[str, Any], settings: dict[str, Any], datamodule: OneClassDataModule
+) -> None:
     """Say so when the scored split's normal and anomalous classes are not the ones the model was
     trained for: its AUROC is then not the run's one-class-held-out test."""
-
-    def classes(s: dict[str, Any]) -> tuple:
-        names = class_names(s["dataset"], s["split"], s.get("path"))
-        return s["dataset"], s["split"], sorted(resolve_anomaly_classes(s["anomaly_class"], names))
-
-    if classes(saved) != classes(settings):
+    trained = OneClassDataModule(**saved)
+    if (saved["dataset"], saved["split"], trained.anomaly_classes) != (
+        settings["dataset"],
+        settings["split"],
+        datamodule.anomaly_classes,
+    ):
         log.warning(
-            "The model was trained with anomaly class %s of %s (%s) held out; it now scores anomaly "
-            "class %s of %s (%s), so classes it trained on as normal may count as anomalies or the other "
-            "way round, and this AUROC is not the run's. Leave data.dataset, data.split and "
-            "data.anomaly_class unset to score the run's own split.",
-            saved["anomaly_class"], saved["dataset"], saved["split"],
-            settings["anomaly_class"], settings["dataset"], settings["split"],
+            "The model was trained with anomaly classes %s of %s (%s) held out; it now scores anomaly "
+            "classes %s of %s (%s), so classes it trained on as normal may count as anomalies or the "
+            "other way round, and this AUROC is not the run's. Leave data.dataset, data.split, "
+            "data.protocol, data.anomaly_class and data.normal_class unset to score the run's own split.",
+            trained.anomaly_classes, saved["dataset"], saved["split"],
+            datamodule.anomaly_classes, settings["dataset"], settings["split"],
         )  # fmt: skip
 
 
@@ -167,14 +172,23 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"src.eval scores on one device, but the trainer settings ask for {trainer.world_size} "
             "processes: use trainer.devices=1 (and trainer.num_nodes=1), e.g. trainer=gpu or trainer=cpu."
         )
-    scores, anomaly = _score(trainer, model, datamodule, cfg.stage)
-    metrics = AnomalyMetrics()
-    metrics.update(scores, anomaly)
-    values = {f"{cfg.stage}/{k}": float(v) for k, v in metrics.compute().items()}
+    all_scores, anomaly = _score(trainer, model, datamodule, cfg.stage)
+    scores = all_scores["score"]
+    values = {}
+    for name, column in all_scores.items():
+        metrics = AnomalyMetrics()
+        metrics.update(column, anomaly)
+        result = {k: float(v) for k, v in metrics.compute().items()}
+        if name == "score":  # the model's own score (model.score): the eval's AUROC and AUPRC
+            values |= {f"{cfg.stage}/{k}": v for k, v in result.items()}
+        else:
+            values[f"{cfg.stage}/auroc_{name}"] = result["auroc"]
+            if name in SCORES:
+                values[f"{cfg.stage}/auprc_{name}"] = result["auprc"]
 
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = _scores_table(datamodule, settings, cfg.stage, scores, anomaly)
+    table = _scores_table(datamodule, settings, cfg.stage, all_scores, anomaly)
     table.to_csv(out / SCORES_FILE, index=False)
     by_class = scores_by_class(table)
     by_class.to_csv(out / BY_CLASS_FILE, index=False)
@@ -205,13 +219,17 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-def _score(trainer, model, datamodule, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every sample's score and anomaly label (1 = anomaly) in ``stage``'s split, on the host."""
+def _score(trainer, model, datamodule, stage: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every sample's scores (``score``, the model's own, then every other: ``AnomalyAutoEncoder.scores``)
+    and anomaly label (1 = anomaly) in ``stage``'s split, on the host."""
     datamodule.check_available()
     datamodule.setup(stage)
+    if model.nap is None:  # the checkpoint of a run that did not score by NAP: fit it on its normals
+        model.fit_nap(datamodule.normal_dataloader(NAP_FIT_SAMPLES))
     loader = datamodule.test_dataloader() if stage == "test" else datamodule.val_dataloader()
     batches = trainer.predict(model, dataloaders=loader)
-    return torch.cat([s for s, _ in batches]).float().cpu(), torch.cat([y for _, y in batches]).cpu()
+    scores = {k: torch.cat([s[k] for s, _ in batches]).float().cpu() for k in batches[0][0]}
+    return scores, torch.cat([y for _, y in batches]).cpu()
 
 
 def _scores_table(datamodule, settings: dict[str, Any], stage: str, scores, anomaly) -> pd.DataFrame:
@@ -223,7 +241,8 @@ def _scores_table(datamodule, settings: dict[str, Any], stage: str, scores, anom
         "class": classes.numpy(),
         "class_name": [names[c] for c in classes.tolist()],
         "anomaly": anomaly.numpy(),
-        "score": scores.numpy(),
+        "score": scores["score"].numpy(),
+        **{f"score_{k}": v.numpy() for k, v in scores.items() if k != "score"},
     })  # fmt: skip
 
 
@@ -247,7 +266,7 @@ def _load(
         datamodule = OneClassDataModule(**settings)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"Invalid data settings, nothing was run: {err}") from err
-    _warn_if_the_normals_differ(saved, settings)
+    _warn_if_the_normals_differ(saved, settings, datamodule)
     model = AnomalyAutoEncoder.load_from_checkpoint(
         checkpoint, map_location="cpu", weights_only=False, compile=False
     )

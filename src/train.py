@@ -83,6 +83,8 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "best_checkpoint": best or None,
+        # every score's test AUROC and AUPRC, and each pathway layer's AUROC (``AnomalyAutoEncoder``)
+        **{k: float(v) for k, v in test_metrics.items() if k.startswith(("test/auroc_", "test/auprc_"))},
     }
 
 

@@ -51,6 +51,14 @@ def test_eval_scores_the_runs_own_test_split_again(trained, tmp_path: Path) -> N
     assert (scores[scores.anomaly == 1]["class"] == 0).all()  # digit 0 is the anomaly
     assert (scores[scores.anomaly == 0]["class"] != 0).all()
     assert (scores.class_name.astype(str) == scores["class"].astype(str)).all()  # digits' names
+    # every score beside the model's own (model.score=recon here); each column's AUROC in the record, and
+    # NAP fitted again on the same training normals gives the training run's test figure
+    assert (scores.score == scores.score_recon).all()
+    layers = [f"layer_{i}" for i in range(record["model"]["n_layers"] + 3)]
+    for name in ("recon", "sap", "nap", *layers):
+        auroc = roc_auc_score(scores.anomaly, scores[f"score_{name}"])
+        assert result[f"test/auroc_{name}"] == pytest.approx(auroc, abs=1e-6)
+        assert result[f"test/auroc_{name}"] == pytest.approx(record[f"test/auroc_{name}"], abs=1e-6)
     with Image.open(tmp_path / "scores.png") as img:
         img.verify()
 
@@ -147,7 +155,9 @@ def test_scoring_other_classes_as_anomalies_warns_that_the_auroc_is_not_the_runs
     with caplog.at_level(logging.WARNING, logger="src.eval"):
         result = evaluate(eval_cfg(tmp_path, f"ckpt_path={run_dir}", "data.anomaly_class=[3]"))
     [warning] = [r.getMessage() for r in caplog.records]
-    assert "trained with anomaly class 0 of digits" in warning and "anomaly class [3]" in warning
+    assert (
+        "trained with anomaly classes [0] of digits" in warning and "anomaly classes [3] of digits" in warning
+    )
     assert result["data_changed"] == {"anomaly_class": [3]}
 
 

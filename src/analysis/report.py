@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from src.analysis import plots, stats
+from src.analysis import pathway, plots, stats
 from src.analysis.markdown import key_text, markdown
 from src.analysis.runs import NoResultsError, collect, table_rows, varies, wandb_project
 from src.runtime.wandb_access import log_to_wandb, sweep_group
@@ -193,6 +193,7 @@ def render(
             ]
         if pairs is not None:
             parts += stats.section(pairs, row)
+        parts += pathway.section(df, row)
     else:
         parts.append("No job has completed yet.")
     if against:

@@ -16,9 +16,10 @@ from src.runtime.records import METRICS_FILE, read_metrics
 from src.runtime.wandb_access import DEFAULT_PROJECT
 
 COLUMNS = [
-    "job", "status", "model", "n_layers", "block", "hidden_dim", "latent_dim", "dataset",
-    "anomaly_class", "seed", "gradient_clip_val", "epochs", "train_loss", "val_auroc", "test_auroc",
-    "test_auprc", "g_norm_max", "test_normal", "test_anomaly", "wall_time_s", "torch_threads", "error",
+    "job", "status", "model", "n_layers", "block", "hidden_dim", "latent_dim", "dataset", "protocol",
+    "anomaly_class", "anomaly_ratio", "seed", "gradient_clip_val", "epochs", "train_loss", "val_auroc",
+    "test_auroc", "test_auprc", "test_auroc_recon", "test_auroc_sap", "test_auroc_nap", "g_norm_max",
+    "test_normal", "test_anomaly", "wall_time_s", "torch_threads", "error",
 ]  # fmt: skip
 
 
@@ -69,7 +70,9 @@ def _settings(model_name: str | None, model: dict, data: dict, seed: Any, clip: 
         "hidden_dim": model.get("hidden_dim"),
         "latent_dim": model.get("latent_dim"),
         "dataset": data.get("dataset"),
+        "protocol": data.get("protocol", "multimodal"),  # runs from before data.protocol: the only one
         "anomaly_class": str(data.get("anomaly_class")),
+        "anomaly_ratio": data.get("anomaly_ratio"),
         "seed": seed,
         "gradient_clip_val": clip,
     }
@@ -107,6 +110,8 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
             "torch_threads": m.get("torch_threads"),  # CPU numbers depend on it
             "error": m.get("error") or m.get("reason"),
         }
+        # the AUROC of every score and of each pathway layer alone (test_auroc_recon, test_auroc_layer_0)
+        | {k.replace("/", "_"): v for k, v in m.items() if k.startswith("test/auroc_")}
     )
 
 
@@ -164,7 +169,9 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], list[str]]:
     rows = [job_row(d, sweep_dir) for d in job_dirs]
     found = {frozenset(OmegaConf.load(d / ".hydra" / "overrides.yaml")) for d in job_dirs}
     missing = [",".join(sorted(j)) for j in expected_jobs(sweep_dir) or [] if j not in found]
-    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    df = pd.DataFrame(rows)
+    layers = sorted((c for c in df if c.startswith("test_auroc_layer_")), key=lambda c: int(c.split("_")[-1]))
+    df = df.reindex(columns=COLUMNS + layers)
     # a label, not a number: null (no clipping) must stay a value of its own
     df["gradient_clip_val"] = df.gradient_clip_val.map(lambda v: "null" if pd.isna(v) else f"{v:g}")
     axes = sweep_axes(df, [job_overrides(d) for d in job_dirs])

@@ -33,11 +33,11 @@ def paired_differences(
     if residual not in per_seed or plain not in per_seed:
         return pd.DataFrame(columns=columns)
     diff = (per_seed[residual] - per_seed[plain]).dropna()
-    cells = [[*keys, *_interval(d)] for keys, d in diff.groupby(level=list(range(len(row))), dropna=False)]
+    cells = [[*keys, *interval(d)] for keys, d in diff.groupby(level=list(range(len(row))), dropna=False)]
     return pd.DataFrame(cells, columns=columns)
 
 
-def _interval(values: pd.Series) -> tuple[int, float, float, float]:
+def interval(values: pd.Series) -> tuple[int, float, float, float]:
     """Their number, mean, and the 95 % t-interval on the mean (NaN for one value)."""
     n, mean = len(values), float(values.mean())
     half = math.nan
@@ -69,7 +69,7 @@ def paired_table(df: pd.DataFrame, row: list[str]) -> pd.DataFrame:
             t = paired_differences(df, row, residual, plain, value)
             cells = [(tuple(c[: len(row)]), *c[len(row) :], "seeds") for c in t.itertuples(index=False)]
             if row == ["anomaly_class"] and len(t) > 1:  # the study's summary: over the held-out classes
-                cells.append((("mean over classes",), *_interval(t["mean"]), "classes"))
+                cells.append((("mean over classes",), *interval(t["mean"]), "classes"))
             for keys, n, mean, low, high, over in cells:
                 said = verdict(n, low, high, higher)
                 lines.append({"residual": residual, "plain": plain, "quantity": value,

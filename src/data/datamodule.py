@@ -50,11 +50,17 @@ class NoTrainingBatchError(SplitTooSmallError):
     """The training split, as built, gives no batch to train on."""
 
 
-def resolve_anomaly_classes(anomaly_class: AnomalyClass, names: list[str]) -> list[int]:
-    """Turn labels or label names (``0``, ``'0'``, ``'O'``, ``[0, 'O', 'o']``) into label indices."""
+PROTOCOLS = ("multimodal", "unimodal")
+
+
+def resolve_anomaly_classes(
+    anomaly_class: AnomalyClass, names: list[str], key: str = "data.anomaly_class"
+) -> list[int]:
+    """Turn labels or label names (``0``, ``'0'``, ``'O'``, ``[0, 'O', 'o']``) into label indices;
+    ``key`` names the setting they came from."""
     items = [anomaly_class] if isinstance(anomaly_class, int | str) else list(anomaly_class)
     if not items:
-        raise ValueError("data.anomaly_class is empty: give at least one label or name")
+        raise ValueError(f"{key} is empty: give at least one label or name")
     labels = []
     for item in items:
         if isinstance(item, str) and item in names:
@@ -63,9 +69,9 @@ def resolve_anomaly_classes(anomaly_class: AnomalyClass, names: list[str]) -> li
             labels.append(item)
         else:
             raise ValueError(
-                f"data.anomaly_class={item!r} is not a class of this dataset. Allowed: a label "
+                f"{key}={item!r} is not a class of this dataset. Allowed: a label "
                 f"0..{len(names) - 1} or one of the names {names}; for several classes use a list, "
-                f"e.g. data.anomaly_class=[0,{len(names) - 1}]."
+                f"e.g. {key}=[0,{len(names) - 1}]."
             )
     return sorted(set(labels))
 
@@ -90,6 +96,8 @@ def check_data_settings(
     eval_batch_size: int,
     num_workers: int = 0,
     path: str | None = None,
+    protocol: str = "multimodal",
+    normal_class: AnomalyClass | None = None,
 ) -> list[int]:
     """Validate the data settings without reading any data; return the anomaly labels.
 
@@ -105,6 +113,18 @@ def check_data_settings(
         raise ValueError(
             f"data.path={path!r} is set, but data.dataset={dataset} does not read it (only data=npz does; "
             f"{dataset} is read from data.root): drop data.path, or use data=npz."
+        )
+    if protocol not in PROTOCOLS:
+        raise ValueError(
+            f"data.protocol={protocol!r} is unknown: choose multimodal (data.anomaly_class is the anomaly) "
+            "or unimodal (data.normal_class is the one normal class)."
+        )
+    if (protocol == "unimodal") != (normal_class is not None):
+        raise ValueError(
+            f"data.normal_class={normal_class!r} with data.protocol={protocol}: the unimodal protocol needs "
+            "data.normal_class (the one normal class; every other class is an anomaly), and only it reads "
+            "data.normal_class. Fix: data.protocol=unimodal data.normal_class=<label>, or "
+            "data.normal_class=null."
         )
     bad = []
     if anomaly_ratio is not None and not 0 < anomaly_ratio < 1:
@@ -123,7 +143,17 @@ def check_data_settings(
             f"data.num_workers={num_workers!r} is invalid: it must be >= 0 (0 loads in the main process)."
         )
     try:
-        labels = resolve_anomaly_classes(anomaly_class, class_names(dataset, split, path))
+        names = class_names(dataset, split, path)
+        if protocol == "unimodal":
+            normal = resolve_anomaly_classes(normal_class, names, key="data.normal_class")
+            labels = [c for c in range(len(names)) if c not in normal]
+        else:
+            labels = resolve_anomaly_classes(anomaly_class, names)
+        if not labels or len(labels) == len(names):
+            raise ValueError(
+                f"data.protocol={protocol} with these classes leaves no "
+                f"{'anomaly' if not labels else 'normal'} class: keep at least one class on each side."
+            )
     except ValueError as err:  # for npz also an unset data.path or a file that cannot be used
         bad.append(str(err))
     if bad:
@@ -143,7 +173,7 @@ class OneClassDataModule(LightningDataModule):
         root: folder holding torchvision's ``<Dataset>/raw`` files (unused for ``digits``, ``mnist_5k``
             and ``npz``).
         split: EMNIST split (``byclass``, ``bymerge``, ``balanced``, ``letters``, ``digits``, ``mnist``).
-        anomaly_class: label, label name, or a list of them.
+        anomaly_class: label, label name, or a list of them: the anomaly (``multimodal`` protocol).
         anomaly_ratio: share of anomalies in val and test; ``None`` keeps the natural proportion.
         val_fraction: share of the train split's normals held out for validation.
         batch_size: training batch size; evaluation uses ``eval_batch_size``.
@@ -151,6 +181,10 @@ class OneClassDataModule(LightningDataModule):
         download: let torchvision download missing files.
         num_workers: DataLoader workers; 0 (the default) is fastest for in-memory data.
         path: for ``npz`` only, the ``.npz`` file (see ``src.data.sources.NPZ_FORMAT``).
+        protocol: ``multimodal`` (the study's and RaPP's first protocol: ``anomaly_class`` is the anomaly,
+            every other class normal) or ``unimodal`` (RaPP's second: ``normal_class`` is the one normal
+            class, every other class an anomaly; ``anomaly_class`` is not read).
+        normal_class: label, label name, or a list of them: the normal class of ``unimodal``.
         drop_last: train on full batches only, dropping each epoch's short last batch (its BatchNorm
             statistics come from fewer samples and its gradient norm spikes). A last batch of one
             sample is dropped either way: BatchNorm cannot train on it.
@@ -171,6 +205,8 @@ class OneClassDataModule(LightningDataModule):
         num_workers: int = 0,
         path: str | None = None,
         drop_last: bool = False,
+        protocol: str = "multimodal",
+        normal_class: AnomalyClass | None = None,
     ) -> None:
         super().__init__()
         self.anomaly_classes = check_data_settings(
@@ -183,6 +219,8 @@ class OneClassDataModule(LightningDataModule):
             eval_batch_size,
             num_workers,
             path,
+            protocol,
+            normal_class,
         )
         self.save_hyperparameters(logger=False)
         self.data_train: InMemoryBatches | None = None
@@ -257,10 +295,13 @@ class OneClassDataModule(LightningDataModule):
         """Log how many normals and anomalies each split holds; warn where one class is too rare for
         AUROC to say much (a high ``anomaly_ratio`` on a small source)."""
         n, hp = self.split_sizes, self.hparams
+        held_out = f"anomaly class {self.anomaly_classes}"
+        if hp.protocol == "unimodal":
+            held_out = f"normal class {hp.normal_class}, every other an anomaly"
         log.info(
-            "Split of %s (anomaly class %s): train %d normal samples; val %d normal and %d anomalous; "
+            "Split of %s (%s): train %d normal samples; val %d normal and %d anomalous; "
             "test %d normal and %d anomalous.",
-            hp.dataset, self.anomaly_classes, n["train_normal"], n["val_normal"], n["val_anomaly"],
+            hp.dataset, held_out, n["train_normal"], n["val_normal"], n["val_anomaly"],
             n["test_normal"], n["test_anomaly"],
         )  # fmt: skip
         for part in ("val", "test"):
@@ -328,6 +369,17 @@ class OneClassDataModule(LightningDataModule):
         # ``processed``: batches whose step is done, which is where Lightning resumes (``ready`` also
         # counts a batch that Ctrl-C interrupted before its step)
         return trainer.fit_loop.epoch_loop.batch_progress.current.processed, trainer.num_training_batches
+
+    def normal_dataloader(self, max_samples: int) -> DataLoader:
+        """Training normals in a fixed order, at most ``max_samples`` of them (a subset fixed by
+        ``data.seed``): what the model fits NAP's statistics on (``src.models.rapp``)."""
+        data = self.data_train
+        if len(data) > max_samples:
+            generator = torch.Generator().manual_seed(self.hparams.seed)
+            keep = torch.randperm(len(data), generator=generator)[:max_samples].sort().values
+            data = InMemoryBatches(data.x[keep], data.y[keep])
+        batches = TensorBatchSampler(SequentialSampler(data), self.hparams.eval_batch_size, drop_last=False)
+        return DataLoader(data, batch_sampler=batches, collate_fn=as_batch)
 
     def train_dataloader(self) -> DataLoader:
         return self.make_loader(self.data_train, self.hparams.batch_size, shuffle=True)

@@ -1,16 +1,24 @@
 """The Lightning system that trains and evaluates every variant (AE, VAE, RAE, RVAE)."""
 
 from contextlib import nullcontext
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric
 
 from src.errors import ConfigError
+from src.models import rapp
 from src.models.components.autoencoder import AutoEncoder
 from src.models.components.backbone import BlockType
 from src.models.components.loss import autoencoder_loss
 from src.models.metrics import AnomalyMetrics
+
+ScoreType = Literal["recon", "sap", "nap"]
+SCORES = ("recon", "sap", "nap")
+# NAP's statistics come from at most this many training normals (a fixed subset, ``normal_dataloader``):
+# enough for the SVD of a pathway of a few thousand dimensions, and seconds to fit at each validation.
+NAP_FIT_SAMPLES = 4096
 
 
 def check_model_settings(
@@ -21,6 +29,7 @@ def check_model_settings(
     beta: float,
     lr: float,
     weight_decay: float,
+    score: str = "recon",
     input_dim: int | None = None,
 ) -> None:
     """Raise ``ConfigError`` naming each out-of-range model setting, its value and what is allowed."""
@@ -32,6 +41,7 @@ def check_model_settings(
         (beta >= 0, "model.beta", beta, "a number >= 0"),
         (lr > 0, "model.lr", lr, "a number > 0"),
         (weight_decay >= 0, "model.weight_decay", weight_decay, "a number >= 0"),
+        (score in SCORES, "model.score", score, "'recon', 'sap' or 'nap'"),
     ]
     if input_dim is not None:  # a code larger than the input cannot compress it
         allowed = f"at most the input size of the data ({input_dim})"
@@ -47,8 +57,11 @@ class AnomalyAutoEncoder(LightningModule):
     """Trains an ``AutoEncoder`` on normal data and scores held-out data by reconstruction error.
 
     Logs ``train/epoch_loss`` (the epoch's mean training loss) and ``val/auroc`` every epoch, and
-    ``test/auroc`` and ``test/auprc`` on test; the per-step values (``train/loss``, ``train/g_norm``) and
-    the divergence check are ``src.runtime.callbacks.training_monitor.TrainingMonitor``'s.
+    ``test/auroc`` and ``test/auprc`` on test, all of the score ``score`` chooses. The test also logs
+    every score's (``test/auroc_recon``, ``_sap``, ``_nap``, and their ``auprc``) and each pathway layer's
+    alone (``test/auroc_layer_<i>``: 0 the input space, last the code). The per-step values
+    (``train/loss``, ``train/g_norm``) and the divergence check are
+    ``src.runtime.callbacks.training_monitor.TrainingMonitor``'s.
 
     Args:
         input_dim: flattened input size; comes from the data, not from the model config.
@@ -61,6 +74,10 @@ class AnomalyAutoEncoder(LightningModule):
         beta: weight of the KL term; ignored for deterministic models.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
+        score: the anomaly score behind ``val/auroc``, the best checkpoint and ``test/auroc``:
+            ``recon`` (the reconstruction error, the study's), or RaPP's ``sap`` or ``nap``
+            (``src.models.rapp``). NAP's statistics are fitted on the training normals at each validation
+            (with ``nap``) or at test, and saved in the checkpoints.
         compile: compile the network's training forward with ``torch.compile`` at the first training
             batch (``nn.Module.compile``, so checkpoints keep their keys). A smaller batch (an epoch's
             last) runs on the graphs already compiled, or eagerly, rather than compiling another.
@@ -78,15 +95,19 @@ class AnomalyAutoEncoder(LightningModule):
         beta: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        score: ScoreType = "recon",
         compile: bool = False,
     ) -> None:
         super().__init__()
-        check_model_settings(n_layers, hidden_dim, latent_dim, block, beta, lr, weight_decay, input_dim)
+        check_model_settings(
+            n_layers, hidden_dim, latent_dim, block, beta, lr, weight_decay, score, input_dim
+        )
         # Kept in checkpoints, not sent to loggers: ``src.train`` logs the whole config as ``model.*`` keys.
         self.save_hyperparameters(logger=False)
         self.net = AutoEncoder(input_dim, latent_dim, hidden_dim, n_layers, residual, variational, block)
         # one sample: the model summary then gives each layer's in/out sizes and FLOPs per scored sample
-        self.example_input_array = torch.zeros(1, input_dim)
+        # (not for NAP, whose score needs statistics fitted at the first validation, after the summary)
+        self.example_input_array = torch.zeros(1, input_dim) if score != "nap" else None
         if compile:
             # A fresh compile cache: multirun jobs share a process, and earlier jobs' graphs would fill it.
             torch.compiler.reset()
@@ -97,12 +118,48 @@ class AnomalyAutoEncoder(LightningModule):
         self.train_loss = MeanMetric(nan_strategy="ignore", sync_on_compute=False)
         self.train_loss.persistent(True)
         self.val_metrics = AnomalyMetrics()
-        self.test_metrics = AnomalyMetrics()
+        # every score and each pathway layer (input, input projection, n_layers units, code) alone
+        layers = [f"layer_{i}" for i in range(n_layers + 3)]
+        self.test_metrics = torch.nn.ModuleDict({k: AnomalyMetrics() for k in (*SCORES, *layers)})
+        self.nap: rapp.NapStatistics | None = None
         self.step_losses: dict[str, torch.Tensor] = {}  # this step's loss terms, for the TrainingMonitor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Anomaly score per sample, shape ``(B,)``; higher = more anomalous."""
-        return self.net.score(x)
+        """Anomaly score per sample (``score``'s), shape ``(B,)``; higher = more anomalous."""
+        if self.hparams.score == "recon":
+            return self.net.score(x)
+        if self.hparams.score == "nap" and self.nap is None:
+            raise RuntimeError("NAP's statistics are not fitted yet: call fit_nap on the training normals.")
+        return self.scores(x)[self.hparams.score]
+
+    @torch.no_grad()
+    def scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every score per sample: ``recon``, ``sap``, ``nap`` (once its statistics are fitted) and
+        ``layer_<i>``, the squared difference at pathway layer ``i`` alone (``layer_0`` equals ``recon``)."""
+        diffs = self.net.pathway_differences(x)
+        per_layer = rapp.layer_errors(diffs)
+        out = {"recon": per_layer[:, 0], "sap": per_layer.sum(dim=1)}
+        if self.nap is not None:
+            out["nap"] = rapp.nap(diffs, self.nap)
+        return out | {f"layer_{i}": per_layer[:, i] for i in range(per_layer.shape[1])}
+
+    @torch.no_grad()
+    def fit_nap(self, loader) -> None:
+        """Fit NAP's statistics on ``loader``'s batches (training normals), in eval mode."""
+        training = self.training
+        self.eval()
+        diffs = [torch.cat(self.net.pathway_differences(x.to(self.device)), dim=1) for x, _ in loader]
+        self.nap = rapp.fit_nap(torch.cat(diffs))
+        self.train(training)
+
+    def fit_nap_on_training_normals(self) -> None:
+        datamodule = self.trainer.datamodule
+        if not hasattr(datamodule, "normal_dataloader"):
+            raise RuntimeError(
+                "NAP's statistics are fitted on the training normals, which come from the DataModule's "
+                "normal_dataloader: pass datamodule=OneClassDataModule(...) to the Trainer's fit and test."
+            )
+        self.fit_nap(datamodule.normal_dataloader(NAP_FIT_SAMPLES))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, _ = batch
@@ -134,19 +191,38 @@ class AnomalyAutoEncoder(LightningModule):
         # the same on every rank already; ``sync_dist`` only keeps Lightning from advising it under DDP
         self.log("train/epoch_loss", self.train_loss.compute(), sync_dist=True)
 
+    def on_validation_epoch_start(self) -> None:
+        if self.hparams.score == "nap":  # the checkpoint this validation picks carries these statistics
+            self.fit_nap_on_training_normals()
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        self.val_metrics.update(self.net.score(x), y)
+        self.val_metrics.update(self(x), y)
 
     def on_validation_epoch_end(self) -> None:
         self.log_epoch_metrics("val", self.val_metrics)
 
+    def on_test_epoch_start(self) -> None:
+        # With ``nap`` the tested checkpoint brought the statistics it was validated with; otherwise
+        # they are fitted now, on the tested weights.
+        if self.hparams.score != "nap" or self.nap is None:
+            self.fit_nap_on_training_normals()
+
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        self.test_metrics.update(self.net.score(x), y)
+        for name, value in self.scores(x).items():
+            self.test_metrics[name].update(value, y)
 
     def on_test_epoch_end(self) -> None:
-        self.log_epoch_metrics("test", self.test_metrics)
+        chosen = self.test_metrics[self.hparams.score].compute()
+        values = {f"test/{k}": v for k, v in chosen.items()}
+        for name, metric in self.test_metrics.items():
+            result = metric.compute()
+            values[f"test/auroc_{name}"] = result["auroc"]
+            if name in SCORES:
+                values[f"test/auprc_{name}"] = result["auprc"]
+            metric.reset()
+        self.log_dict(values, sync_dist=True)  # see ``log_epoch_metrics``
 
     def log_epoch_metrics(self, stage: str, metrics: AnomalyMetrics) -> None:
         # Computed once over the whole epoch (see ``src.models.metrics``); under DDP every rank holds the
@@ -155,12 +231,21 @@ class AnomalyAutoEncoder(LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=True)
         metrics.reset()
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.nap is not None:
+            checkpoint["nap_statistics"] = self.nap._asdict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("nap_statistics")
+        self.nap = rapp.NapStatistics(**saved) if saved else None
+
     def predict_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly scores and labels of a batch, as ``test_step`` scores them."""
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every score of a batch (``scores``; ``score`` the chosen one) and its labels."""
         x, y = batch
-        return self.net.score(x), y
+        scores = self.scores(x)
+        return {"score": scores[self.hparams.score]} | scores, y
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # Fused Adam: one kernel for all parameters instead of several per tensor (faster per step on CPU

@@ -20,7 +20,7 @@ from src.data.datamodule import (
     resolve_anomaly_classes,
 )
 from src.data.loaders import TensorBatchSampler
-from src.data.sources import DatasetNotFoundError, class_names, load_source
+from src.data.sources import DatasetNotFoundError, class_names, load_digits, load_source
 from src.data.splits import mix, one_class_split
 from tests.helpers.idx import write_fake_mnist
 
@@ -330,3 +330,37 @@ def test_drop_last_with_a_batch_larger_than_the_split_is_refused(fake_emnist) ->
     with pytest.raises(NoTrainingBatchError, match=rf"data.drop_last=true with data.batch_size={n + 1} "):
         emnist_dm(root, batch_size=n + 1, drop_last=True)
     assert len(list(emnist_dm(root, batch_size=n + 1).train_dataloader())) == 1  # without it: one batch
+
+
+def test_the_unimodal_protocol_keeps_one_normal_class_and_half_anomalies_from_all_others() -> None:
+    dm = OneClassDataModule("digits", protocol="unimodal", normal_class=3, anomaly_ratio=0.5)
+    dm.setup("fit")
+    assert dm.anomaly_classes == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    train_rows, val_labels = dm.data_train.y, dm.source_rows["val"][1]
+    assert (train_rows == 0).all()  # no anomaly in training ...
+    source = load_digits()
+    assert len(dm.data_train) + dm.split_sizes["val_normal"] == int((source.y_train == 3).sum())  # ... all 3s
+    for part in ("val", "test"):
+        n_normal, n_anomaly = dm.split_sizes[f"{part}_normal"], dm.split_sizes[f"{part}_anomaly"]
+        assert abs(n_normal - n_anomaly) <= 1  # half and half
+        labels = dm.source_rows[part][1]
+        assert int((labels == 3).sum()) == n_normal
+    assert set(val_labels[val_labels != 3].tolist()) <= set(dm.anomaly_classes)
+    test_labels = dm.source_rows["test"][1]
+    assert len(set(test_labels[test_labels != 3].tolist())) == 9  # the anomalies come from every other class
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"protocol": "unimodal"}, "the unimodal protocol needs data.normal_class"),
+        ({"normal_class": 3}, "data.normal_class=3 with data.protocol=multimodal"),
+        ({"protocol": "bimodal"}, "data.protocol='bimodal' is unknown"),
+        ({"protocol": "unimodal", "normal_class": 12}, "data.normal_class=12 is not a class"),
+        ({"protocol": "unimodal", "normal_class": list(range(10))}, "leaves no anomaly class"),
+        ({"anomaly_class": list(range(10))}, "leaves no normal class"),
+    ],
+)
+def test_protocol_settings_that_do_not_fit_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OneClassDataModule("digits", **kwargs)

@@ -64,6 +64,22 @@ class AutoEncoder(nn.Module):
         return AEOutput(self.decode(z), mu, logvar)
 
     @torch.no_grad()
+    def pathway(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """RaPP's projection pathway of ``x``: ``x`` itself, the encoder's hidden activations (see
+        ``ResidualMLP.forward_with_hidden``) and the code (``mu`` for a VAE)."""
+        out, hidden = self.encoder.forward_with_hidden(x)
+        code = out.chunk(2, dim=1)[0] if self.variational else out
+        return [x, *hidden, code]
+
+    @torch.no_grad()
+    def pathway_differences(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``h_i(x) - h_i(x_hat)`` at every layer ``i`` of the pathway, ``x_hat`` decoded from the code
+        (the mean for a VAE); the first is ``x - x_hat``, whose squared norm is ``score``."""
+        here = self.pathway(x)
+        there = self.pathway(self.decode(here[-1]))
+        return [a - b for a, b in zip(here, there, strict=True)]
+
+    @torch.no_grad()
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Anomaly score per sample, higher = more anomalous: the reconstruction error of the
         reconstruction decoded from the latent mean (no sampling, so scores are deterministic)."""

@@ -73,11 +73,18 @@ class ResidualMLP(nn.Module):
         self.proj_out = nn.Linear(width, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_hidden(x)[0]  # (B, out_dim)
+
+    def forward_with_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The output and the hidden activations: what the input projection hands the first unit, then
+        each unit's output, each ``(B, W)`` (RaPP's projection pathway, ``src.models.pathway``)."""
         x = self.proj_in(x)  # (B, W)
         if not self.preact:
             x = F.relu(self.norm(x))
+        hidden = [x]
         for blk in self.blocks:
             x = blk(x)
+            hidden.append(x)
         if self.preact:
             x = F.relu(self.norm(x))
-        return self.proj_out(x)  # (B, out_dim)
+        return self.proj_out(x), hidden  # (B, out_dim)
