@@ -30,7 +30,7 @@ install: $(STAMP) ## Create .venv and install the project with its dev extra
 train: $(STAMP) ## Train RVAE on the offline digits data (add ARGS="model=ae ..." to override)
 	$(PY) -m src.train data=digits trainer.max_epochs=30 $(ARGS)
 
-sweep: $(STAMP) ## Run a study sweep: EXP=degradation|rvae_vs_vae|rvae_vs_vae_depth|grad_explosion|bottleneck ARGS="data=mnist_5k ..."
+sweep: $(STAMP) ## Run a sweep: EXP=degradation|rvae_vs_vae|rvae_vs_vae_depth|grad_explosion|bottleneck|rapp|rapp_unimodal ARGS="data=mnist_5k ..."
 	$(PY) -m src.train experiment=$(EXP) $(ARGS)
 
 study: $(STAMP) ## All five study sweeps, each with its report, into STUDY_DIR/<experiment>[_DATA], then claims[_DATA].md (offline: DATA=mnist_5k or digits, EPOCHS=30; WANDB=1: reports and claims to W&B too)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import WandbLogger
-from torch.utils.data import DataLoader, Sampler
 
 
 def raise_sigterm_flag(trainer: Trainer, value: bool = True) -> None:
@@ -24,13 +23,6 @@ def save_checkpoint_without_barrier(trainer: Trainer, path: str | Path) -> None:
     stops wherever it is, and the other ranks, still training, would never meet it at a barrier."""
     checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
     trainer.strategy.save_checkpoint(checkpoint, path)
-
-
-def name_loader_sampler(loader: DataLoader, sampler: Sampler) -> None:
-    """Set ``loader.sampler`` on a loader built with a ``batch_sampler``. Lightning decides from it whether
-    to put its own ``DistributedSampler`` in; a ``DataLoader`` refuses the attribute once built and
-    reads it only without a batch sampler."""
-    object.__setattr__(loader, "sampler", sampler)
 
 
 def drop_wandb_anonymous(logger: WandbLogger) -> None:

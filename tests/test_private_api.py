@@ -10,7 +10,6 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import WandbLogger
-from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from src import private_api
 from tests.conftest import REPO
@@ -41,14 +40,6 @@ def test_a_checkpoint_saved_without_the_barrier_is_a_whole_checkpoint(tmp_path: 
     ours, theirs = (torch.load(tmp_path / n, weights_only=False) for n in ("a.ckpt", "b.ckpt"))
     assert ours.keys() == theirs.keys() and ours["global_step"] == theirs["global_step"] == 2
     assert all(torch.equal(ours["state_dict"][k], v) for k, v in theirs["state_dict"].items())
-
-
-def test_a_loader_names_the_sampler_of_its_batch_sampler() -> None:
-    sampler = SequentialSampler(range(10))
-    loader = DataLoader(range(10), batch_sampler=BatchSampler(sampler, 4, False))
-    private_api.name_loader_sampler(loader, sampler)
-    assert loader.sampler is sampler
-    assert [b.tolist() for b in loader] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 def test_wandb_is_started_without_the_anonymous_argument(tmp_path: Path) -> None:

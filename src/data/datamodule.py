@@ -12,13 +12,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from src.data.loaders import (
-    InMemoryBatches,
-    RankShareLoader,
-    ResumableDataLoader,
-    TensorBatchSampler,
-    as_batch,
-)
+from src.data.loaders import InMemoryBatches, ResumableDataLoader, TensorBatchSampler, as_batch
 from src.data.sources import (
     BUNDLED,
     DATASETS,
@@ -321,33 +315,25 @@ class OneClassDataModule(LightningDataModule):
                 )  # fmt: skip
 
     def make_loader(self, data: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        # BatchNorm cannot train on a last batch of one sample: drop it then even without drop_last.
-        drop_last = shuffle and (self.hparams.drop_last or len(data) % batch_size == 1)
-        sampler = RandomSampler(data) if shuffle else SequentialSampler(data)
-        loader_cls = ResumableDataLoader if shuffle else DataLoader
-        ranks = self.trainer.world_size if self.trainer is not None else 1
-        if not shuffle and ranks > 1:
-            sampler = self.rank_share_sampler(data, ranks)
-            loader_cls = RankShareLoader
         workers = self.hparams.num_workers
+        common = {"collate_fn": as_batch, "num_workers": workers, "persistent_workers": workers > 0}
         if shuffle:
-            kwargs = {"epoch_position": self.epoch_position}
-        elif workers > 0:
-            # A loader with persistent workers draws its workers' seed from torch's generator once, when
-            # first iterated: for val, at the first validation, which a resumed run reaches after its
-            # restored random state and the run it resumes reached long before. Nothing random happens
-            # in these workers, so that draw comes from a generator of their own.
-            kwargs = {"generator": torch.Generator()}
-        else:
-            kwargs = {}
-        return loader_cls(
-            data,
-            batch_sampler=TensorBatchSampler(sampler, batch_size, drop_last),
-            collate_fn=as_batch,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            **kwargs,
-        )
+            # BatchNorm cannot train on a last batch of one sample: drop it then even without drop_last.
+            drop_last = self.hparams.drop_last or len(data) % batch_size == 1
+            batches = TensorBatchSampler(RandomSampler(data), batch_size, drop_last)
+            return ResumableDataLoader(
+                data, batch_sampler=batches, epoch_position=self.epoch_position, **common
+            )
+        # Under DDP each rank scores its own share, each sample once; Lightning keeps a loader whose
+        # sampler is a DistributedSampler already (its own would repeat samples to even the shares out).
+        ranks = self.trainer.world_size if self.trainer is not None else 1
+        sampler = self.rank_share_sampler(data, ranks) if ranks > 1 else SequentialSampler(data)
+        # A loader with persistent workers draws its workers' seed from torch's generator once, when first
+        # iterated: for val, at the first validation, which a resumed run reaches after its restored
+        # random state and the run it resumes reached long before. Nothing random happens in these
+        # workers, so that draw comes from a generator of their own.
+        generator = torch.Generator() if workers > 0 else None
+        return DataLoader(data, batch_size=batch_size, sampler=sampler, generator=generator, **common)
 
     def rank_share_sampler(self, data: Dataset, ranks: int) -> UnrepeatedDistributedSampler:
         if len(data) < ranks:
@@ -378,8 +364,7 @@ class OneClassDataModule(LightningDataModule):
             generator = torch.Generator().manual_seed(self.hparams.seed)
             keep = torch.randperm(len(data), generator=generator)[:max_samples].sort().values
             data = InMemoryBatches(data.x[keep], data.y[keep])
-        batches = TensorBatchSampler(SequentialSampler(data), self.hparams.eval_batch_size, drop_last=False)
-        return DataLoader(data, batch_sampler=batches, collate_fn=as_batch)
+        return DataLoader(data, batch_size=self.hparams.eval_batch_size, collate_fn=as_batch)
 
     def train_dataloader(self) -> DataLoader:
         return self.make_loader(self.data_train, self.hparams.batch_size, shuffle=True)

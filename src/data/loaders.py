@@ -1,13 +1,10 @@
-"""How the DataModule's in-memory splits are batched: by index tensors, resumable mid-epoch, and under
-DDP shared between the ranks without repeats."""
+"""How the DataModule's in-memory splits are batched: by index tensors, and resumable mid-epoch."""
 
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
-
-from src.private_api import name_loader_sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 
 class InMemoryBatches(Dataset):
@@ -32,10 +29,10 @@ class TensorBatchSampler(BatchSampler):
     stopped mid-epoch can resume on the very batches it had left; its batches are index tensors cut
     from that one permutation.
 
-    Over a ``RandomSampler`` (``shuffle=True``) or a ``SequentialSampler`` it yields the same batches
-    as ``BatchSampler``, from the same random draw, so seeded runs shuffle exactly as with a plain
-    ``DataLoader``. Over any other sampler (the ``DistributedSampler`` Lightning puts in under DDP) it
-    batches that sampler's indices, taken once an epoch.
+    Over a ``RandomSampler`` it yields the same batches as ``BatchSampler``, from the same random draw,
+    so seeded runs shuffle exactly as with a plain ``DataLoader``. Over any other sampler (the
+    ``DistributedSampler`` Lightning puts in under DDP) it batches that sampler's indices, taken once an
+    epoch.
 
     ``resume_at`` makes the next epoch's batches those a stopped run had left of its epoch: its order
     drawn again from the generator state saved with the checkpoint (``order_state``), less the batches
@@ -61,8 +58,6 @@ class TensorBatchSampler(BatchSampler):
     def epoch_order(self, state: torch.Tensor | None) -> torch.Tensor:
         """This epoch's order, drawn as ``RandomSampler`` draws it, or from generator ``state``."""
         sampler = self.sampler
-        if type(sampler) is SequentialSampler:
-            return torch.arange(len(sampler.data_source))
         n = len(sampler.data_source) if type(sampler) is RandomSampler else -1
         if n < 0 or sampler.replacement or sampler.num_samples != n:
             return torch.as_tensor(list(sampler), dtype=torch.int64)
@@ -117,22 +112,6 @@ class ResumableDataLoader(DataLoader):
         if resuming:  # the stopped run drew that seed at the start of the epoch, before its checkpoint
             torch.set_rng_state(rng)
         yield from iterator
-
-
-class RankShareLoader(DataLoader):
-    """An evaluation ``DataLoader`` over this rank's share of the samples under DDP: each sample is
-    scored on one rank only, so the AUROC gathered over the ranks is that of a one-device run.
-
-    Lightning puts its ``DistributedSampler`` into every loader whose ``sampler`` is not one already,
-    and that sampler repeats up to (ranks - 1) samples so that every rank gets as many. Here the batch
-    sampler draws from an ``UnrepeatedDistributedSampler`` (shares differ by one sample at most), and
-    ``sampler`` names it, so Lightning keeps this loader as it is. Nothing in an evaluation step waits
-    for the other ranks, so a rank may run one batch fewer.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        name_loader_sampler(self, self.batch_sampler.sampler)
 
 
 def as_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -132,16 +132,9 @@ class AnomalyAutoEncoder(LightningModule):
             raise RuntimeError("NAP's statistics are not fitted yet: call fit_nap on the training normals.")
         return self.scores(x)[self.hparams.score]
 
-    @torch.no_grad()
     def scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every score per sample: ``recon``, ``sap``, ``nap`` (once its statistics are fitted) and
-        ``layer_<i>``, the squared difference at pathway layer ``i`` alone (``layer_0`` equals ``recon``)."""
-        diffs = self.net.pathway_differences(x)
-        per_layer = rapp.layer_errors(diffs)
-        out = {"recon": per_layer[:, 0], "sap": per_layer.sum(dim=1)}
-        if self.nap is not None:
-            out["nap"] = rapp.nap(diffs, self.nap)
-        return out | {f"layer_{i}": per_layer[:, i] for i in range(per_layer.shape[1])}
+        """Every score per sample (``src.models.rapp.scores``)."""
+        return rapp.scores(self.net, x, self.nap)
 
     @torch.no_grad()
     def fit_nap(self, loader) -> None:
@@ -233,7 +226,7 @@ class AnomalyAutoEncoder(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.nap is not None:
-            checkpoint["nap_statistics"] = self.nap._asdict()
+            checkpoint["nap_statistics"] = {"mean": self.nap.mean, "projection": self.nap.projection}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("nap_statistics")

@@ -664,3 +664,42 @@ def test_a_multirun_ends_with_a_line_per_job_and_the_report_command(tmp_path: Pa
         # the job's own log ends with its result and where it is, as the console did
         log_lines = (sweep / job / "train.log").read_text().splitlines()
         assert f"test/auroc: {auroc}" in log_lines[-2] and log_lines[-1].endswith(f"outputs: {sweep / job}")
+
+
+def test_report_sets_recon_sap_and_nap_side_by_side_beside_rapps_figures(tmp_path: Path) -> None:
+    """Per model: mean ± std over the held-out classes (each the mean over its seeds), the paired
+    differences with a t-interval over the classes, RaPP's figures for the setting, each layer alone."""
+    sweep = tmp_path / "rapp"
+    recon = {0: [0.80, 0.90], 1: [0.70, 0.70], 2: [0.60, 0.80]}  # per class, per seed
+    for model in ("ae", "rae"):
+        for cls, values in recon.items():
+            for seed, r in enumerate(values):
+                metrics = _metrics(model, 2, seed, r, 1.0)
+                metrics["data"] = {"dataset": "mnist_5k", "anomaly_class": cls, "anomaly_ratio": 0.35}
+                sap, nap = r + 0.1, r - 0.05 * (cls + 1)  # SAP + .1 everywhere; NAP - .05, -.1, -.15
+                metrics |= {"test/auroc_recon": r, "test/auroc_sap": sap, "test/auroc_nap": nap}
+                metrics |= {f"test/auroc_layer_{i}": r / (i + 1) for i in range(5)}
+                overrides = [f"model={model}", f"data.anomaly_class={cls}", f"seed={seed}"]
+                _job(sweep, f"{model}{cls}{seed}", overrides, metrics)
+    build_report(sweep)
+    report = read_md(sweep / "report.md")
+    section = report.split("## Scores along the projection pathway (RaPP)")[1].split("## Test AUROC of each")[
+        0
+    ]
+    # class means of recon .85, .70, .70: mean .750, std .087; NAP - recon: mean -.1, t(.975, 2) = 4.303,
+    # std .05 / sqrt(3): half-width .124
+    expected = "| ae | 0.750 ± 0.087 | 0.850 ± 0.087 | 0.650 ± 0.132 | +0.100 [+0.100, +0.100] | "
+    expected += "-0.100 [-0.224, +0.024] |"
+    assert expected + " 0.825 / 0.881 / 0.899 |" in section  # RaPP's AE, on all of MNIST
+    assert "| rae |" in section and "RaPP (all of MNIST, multimodal): recon / SAP / NAP" in section
+    layers = report.split("## Test AUROC of each pathway layer alone")[1]
+    assert "| model | 0 | 1 | 2 | 3 | 4 |" in layers
+    assert "| ae | 0.750 ± 0.087 | 0.375 ± 0.043 |" in layers
+
+
+def test_a_sweep_without_pathway_scores_has_no_rapp_section(tmp_path: Path) -> None:
+    sweep = tmp_path / "plain"
+    for seed in (0, 1):
+        _job(sweep, f"ae{seed}", ["model=ae", f"seed={seed}"], _metrics("ae", 2, seed, 0.8, 1.0))
+    build_report(sweep)
+    assert "projection pathway" not in read_md(sweep / "report.md")

@@ -16,7 +16,16 @@ from tests.conftest import REPO, compose_train
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 DEBUGS = sorted(p.stem for p in (REPO / "conf" / "debug").glob("*.yaml"))
 # jobs per sweep, as docs/experiments.md lists them
-JOBS = {"degradation": 60, "rvae_vs_vae": 90, "rvae_vs_vae_depth": 60, "grad_explosion": 6, "bottleneck": 36}
+VARIANTS = ("ae", "vae", "rae", "rvae")
+JOBS = {
+    "degradation": 60,
+    "rvae_vs_vae": 90,
+    "rvae_vs_vae_depth": 60,
+    "grad_explosion": 6,
+    "bottleneck": 36,
+    "rapp": 120,
+    "rapp_unimodal": 120,
+}
 
 
 def sweep_jobs(params: dict) -> list[list[str]]:
@@ -44,6 +53,14 @@ def test_an_experiment_composes_to_its_sweep_and_every_job_composes(name: str) -
     if name == "grad_explosion":  # a deep RAE, with and without clipping
         assert (cfg.model.n_layers, cfg.model.residual, cfg.model.variational) == (20, True, False)
         assert {j[0] for j in jobs} == {"trainer.gradient_clip_val=null", "trainer.gradient_clip_val=1.0"}
+    if name.startswith("rapp"):  # the four variants, every class on the side the protocol names
+        assert {o for job in jobs for o in job if o.startswith("model=")} == {f"model={m}" for m in VARIANTS}
+        unimodal = name == "rapp_unimodal"
+        assert (cfg.data.protocol, cfg.data.anomaly_ratio) == (
+            ("unimodal", 0.5) if unimodal else ("multimodal", 0.35)
+        )
+        swept = "data.normal_class" if unimodal else "data.anomaly_class"
+        assert {o for job in jobs for o in job if o.startswith(swept)} == {f"{swept}={c}" for c in range(10)}
 
 
 @pytest.mark.parametrize("name", DEBUGS)
