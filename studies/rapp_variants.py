@@ -84,32 +84,30 @@ def job_rows(job_dir: Path) -> list[dict]:
 
 
 def summary(df: pd.DataFrame) -> str:
-    """Per model and score, the variant with the best mean val AUROC and its mean test AUROC (± std
-    over the held-out classes), beside RaPP's own ("all") and the reconstruction error."""
-    means = df.groupby(["model", "score", "variant", "split", "anomaly_class"]).auroc.mean()
-    per_class = means.unstack("split")
+    """Per model and score, the variant with the best mean val AUROC and its test AUROC (mean ± std
+    over the held-out classes), beside RaPP's own ("all") and the reconstruction error; then the chosen
+    variant minus the reconstruction error, per seed (mean over the classes)."""
+    test = (
+        df[df.split == "test"]
+        .set_index(["model", "score", "variant", "seed", "anomaly_class"])
+        .auroc.sort_index()
+    )
+    val = df[df.split == "val"].groupby(["model", "score", "variant"]).auroc.mean()
     lines = []
     for model in sorted(df.model.unique()):
-        recon = per_class.loc[(model, "recon", "input")].test
-        line = [model, f"{recon.mean():.3f} ± {recon.std():.3f}"]
+        recon = test.loc[(model, "recon", "input")]
+        per_class = recon.groupby("anomaly_class").mean()
+        line = [model, f"{per_class.mean():.3f} ± {per_class.std():.3f}"]
         for score in ("SAP", "NAP"):
-            cells = per_class.loc[(model, score)]
-            default = cells.loc["all"].test
-            chosen = cells.groupby(level="variant").val.mean().idxmax()
-            test = cells.loc[chosen].test
-            line += [
-                f"{default.mean():.3f} ± {default.std():.3f}",
-                f"{chosen}: {test.mean():.3f} ± {test.std():.3f}",
-            ]
+            chosen = val.loc[(model, score)].idxmax()
+            for variant in ("all", chosen):
+                ours = test.loc[(model, score, variant)].groupby("anomaly_class").mean()
+                line.append(f"{variant}: {ours.mean():.3f} ± {ours.std():.3f}")
+            gain = (test.loc[(model, score, chosen)] - recon).groupby("seed").mean()
+            line.append(", ".join(f"{g:+.3f}" for g in gain))
         lines.append(line)
-    header = [
-        "model",
-        "recon",
-        "SAP (all layers)",
-        "SAP, chosen on val",
-        "NAP (all layers)",
-        "NAP, chosen on val",
-    ]
+    header = ["model", "recon", "SAP, all layers", "SAP, chosen on val", "SAP chosen − recon, per seed",
+              "NAP, all layers", "NAP, chosen on val", "NAP chosen − recon, per seed"]  # fmt: skip
     return markdown(lines, header)
 
 
@@ -124,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         record = read_metrics(job)
         if record.get("status") == "completed" and (not args.seeds or record["seed"] in args.seeds):
             rows += job_rows(job)
+    if not rows:
+        raise SystemExit(f"error: {args.sweep_dir} holds no completed job of an experiment=rapp sweep")
     df = pd.DataFrame(rows)
     df.to_csv(args.sweep_dir / "rapp_variants.csv", index=False)
     table = df.groupby(["model", "score", "variant", "split"]).auroc.mean().unstack("split")

@@ -6,6 +6,7 @@ Each is checked as cheaply as says something: ``python -m src.train`` / ``src.ev
 dry-run with ``make -n``, ``wandb`` subcommands exist. One training command runs for real, on digits.
 A command of a kind this file does not know fails the test, so a new one gets a check."""
 
+import importlib
 import json
 import re
 import shlex
@@ -51,12 +52,14 @@ def kind(command: str) -> str:
         return "hydra"
     if words[:2] == ["python", "-m"] and words[2] in ("src.report", "src.claims"):
         return "analysis"
+    if words[:2] == ["python", "-m"] and words[2].startswith("studies."):
+        return "study"
     return {"make": "make", "wandb": "wandb", "touch": "install"}.get(words[0], "unknown")
 
 
 def test_the_docs_show_commands_of_every_kind() -> None:
     kinds = {kind(c) for c in COMMANDS}
-    assert kinds == {"install", "hydra", "analysis", "make", "wandb"}, [
+    assert kinds == {"install", "hydra", "analysis", "make", "wandb", "study"}, [
         c for c in COMMANDS if kind(c) == "unknown"
     ]
 
@@ -119,3 +122,12 @@ def test_the_first_documented_offline_run_trains(tmp_path: Path) -> None:
     args = [*shlex.split(command)[3:], "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={tmp_path}"]
     assert run_main("train", *args) == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if kind(c) == "study"])
+def test_a_documented_study_command_takes_its_arguments(command: str) -> None:
+    words = shlex.split(command)
+    module = importlib.import_module(words[2])
+    with pytest.raises(SystemExit) as parsed:
+        module.main([*words[3:], "--help"])
+    assert parsed.value.code == 0

@@ -35,9 +35,10 @@ def sap(diffs: list[torch.Tensor]) -> torch.Tensor:
 def fit_nap(d: torch.Tensor) -> NapStatistics:
     """NAP's statistics from the concatenated differences ``d`` of the training normals, ``(N, D)``.
 
-    ``V`` and ``S`` come from the eigendecomposition of the centred matrix's Gram matrix (``D x D``),
-    in float64: a few times faster than its SVD, and exact enough for every direction the guard keeps
-    (the eigenvalues' errors are near ``eps64 * s_max^2``, far below the guard's square).
+    ``V`` and ``S`` come from the eigendecomposition of the centred matrix's smaller Gram matrix (``D x D``,
+    or ``N x N`` with fewer normals than dimensions, then ``V = C^T U S^-1``), in float64: a few times
+    faster than its SVD, and exact enough for every direction the guard keeps (the eigenvalues' errors
+    are near ``eps64 * s_max^2``, far below the guard's square).
 
     The guard: a direction whose singular value is below ``s_max * max(N, D) * eps`` (float32's eps, the
     precision ``d`` was computed in; numpy's ``matrix_rank`` tolerance) is dropped. Such a direction holds
@@ -46,11 +47,14 @@ def fit_nap(d: torch.Tensor) -> NapStatistics:
     """
     d = d.double()
     mean = d.mean(dim=0)
-    centred = d - mean
-    eigenvalues, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending
-    s, v = eigenvalues.clamp(min=0).sqrt().flip(0), vectors.flip(1)
+    c = d - mean
+    wide = len(c) < c.shape[1]
+    eigenvalues, vectors = torch.linalg.eigh(c @ c.T if wide else c.T @ c)  # ascending
+    s, vectors = eigenvalues.clamp(min=0).sqrt().flip(0), vectors.flip(1)
     keep = s > s[0] * max(d.shape) * torch.finfo(torch.float32).eps
-    return NapStatistics(mean.float(), (v[:, keep] / s[keep]).float())
+    s = s[keep]
+    v = c.T @ vectors[:, keep] / s if wide else vectors[:, keep]
+    return NapStatistics(mean.float(), (v / s).float())
 
 
 def nap(diffs: list[torch.Tensor], stats: NapStatistics) -> torch.Tensor:
@@ -61,13 +65,15 @@ def nap(diffs: list[torch.Tensor], stats: NapStatistics) -> torch.Tensor:
 
 
 @torch.no_grad()
-def scores(net: AutoEncoder, x: torch.Tensor, stats: NapStatistics | None) -> dict[str, torch.Tensor]:
+def scores(
+    net: AutoEncoder, x: torch.Tensor, stats: NapStatistics | None, nap_from: int = 0
+) -> dict[str, torch.Tensor]:
     """Every score per sample, each ``(B,)``: ``recon`` (the squared reconstruction error), ``sap``,
-    ``nap`` (with ``stats`` only) and ``layer_<i>``, ``||d_i||^2`` at pathway layer ``i`` alone
-    (``layer_0`` is ``recon``)."""
+    ``nap`` (with ``stats`` only, fitted on the layers from ``nap_from`` on) and ``layer_<i>``,
+    ``||d_i||^2`` at pathway layer ``i`` alone (``layer_0`` is ``recon``)."""
     diffs = net.pathway_differences(x)
     per_layer = layer_errors(diffs)
     out = {"recon": per_layer[:, 0], "sap": per_layer.sum(dim=1)}
     if stats is not None:
-        out["nap"] = nap(diffs, stats)
+        out["nap"] = nap(diffs[nap_from:], stats)
     return out | {f"layer_{i}": per_layer[:, i] for i in range(per_layer.shape[1])}

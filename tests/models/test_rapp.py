@@ -106,6 +106,15 @@ def test_nap_drops_the_directions_the_normals_do_not_span() -> None:
         assert _nap_by_numpy(train, test, rank=8).min() > 1e4 * scores.max()
 
 
+def test_nap_with_fewer_normals_than_dimensions_keeps_the_directions_they_span() -> None:
+    gen = np.random.default_rng(2)
+    train, test = gen.normal(size=(12, 30)) * np.linspace(3, 0.1, 30), gen.normal(size=(4, 30))
+    stats = rapp.fit_nap(torch.from_numpy(train).float())
+    assert stats.projection.shape == (30, 11)  # 12 centred rows span 11 directions
+    scores = rapp.nap([torch.from_numpy(test).float()], stats).numpy()
+    assert np.allclose(scores, _nap_by_numpy(train, test, rank=11), rtol=1e-4)
+
+
 def test_nap_of_identical_rows_keeps_no_direction_and_scores_zero() -> None:
     stats = rapp.fit_nap(torch.ones(10, 4))
     assert stats.projection.shape == (4, 0)
@@ -180,3 +189,19 @@ def test_other_model_settings_name_what_is_allowed(changes: dict, message: str) 
     with pytest.raises(ConfigError) as err:
         check_model_settings(**VALID | changes)
     assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize("nap_input", [True, False])
+def test_nap_reads_the_input_space_only_when_asked(nap_input: bool) -> None:
+    torch.manual_seed(0)
+    model = AnomalyAutoEncoder(10, n_layers=1, hidden_dim=6, latent_dim=2, nap_input=nap_input).eval()
+    normals, x = torch.rand(40, 10), torch.rand(5, 10)
+    model.fit_nap([(normals, None)])
+    first = 0 if nap_input else 1
+    expected = rapp.fit_nap(torch.cat(model.net.pathway_differences(normals)[first:], dim=1))
+    assert model.nap.mean.shape == (10 * nap_input + 6 + 6 + 2,)  # input, projection, unit, code
+    assert torch.allclose(model.nap.mean, expected.mean) and torch.allclose(
+        model.nap.projection, expected.projection
+    )
+    diffs = model.net.pathway_differences(x)[first:]
+    assert torch.allclose(model.scores(x)["nap"], rapp.nap(diffs, expected))
