@@ -1,7 +1,7 @@
 """The Lightning system that trains and evaluates every variant (AE, VAE, RAE, RVAE)."""
 
 from contextlib import nullcontext
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch import LightningModule
@@ -15,7 +15,7 @@ from src.models.components.loss import autoencoder_loss
 from src.models.metrics import AnomalyMetrics
 
 ScoreType = Literal["recon", "sap", "nap"]
-SCORES = ("recon", "sap", "nap")
+SCORES = get_args(ScoreType)
 # NAP's statistics come from at most this many training normals (a fixed subset, ``normal_dataloader``):
 # enough for the SVD of a pathway of a few thousand dimensions, and seconds to fit at each validation.
 NAP_FIT_SAMPLES = 4096

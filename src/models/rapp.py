@@ -64,9 +64,8 @@ def nap(diffs: list[torch.Tensor], stats: NapStatistics) -> torch.Tensor:
     return ((d - mean) @ projection).pow(2).sum(dim=1)
 
 
-@torch.no_grad()
 def scores(
-    net: AutoEncoder, x: torch.Tensor, stats: NapStatistics | None, nap_from: int = 0
+    net: AutoEncoder, x: torch.Tensor, stats: NapStatistics | None, nap_from: int
 ) -> dict[str, torch.Tensor]:
     """Every score per sample, each ``(B,)``: ``recon`` (the squared reconstruction error), ``sap``,
     ``nap`` (with ``stats`` only, fitted on the layers from ``nap_from`` on) and ``layer_<i>``,

@@ -57,6 +57,16 @@ def test_sap_sums_the_squared_differences_along_the_pathway_computed_by_hand() -
     assert torch.allclose(rapp.layer_errors(diffs)[:, 0], net.score(x))  # the input space: recon
 
 
+def test_the_scores_are_recon_sap_and_each_layer_of_the_pathway() -> None:
+    net = _tiny_model()
+    x = torch.rand(6, 3, generator=torch.Generator().manual_seed(2))
+    per_layer = rapp.layer_errors(net.pathway_differences(x))
+    out = rapp.scores(net, x, None, nap_from=0)
+    assert set(out) == {"recon", "sap", "layer_0", "layer_1", "layer_2", "layer_3"}  # no NAP unfitted
+    assert torch.allclose(out["recon"], net.score(x)) and torch.allclose(out["sap"], per_layer.sum(1))
+    assert all(torch.equal(out[f"layer_{i}"], per_layer[:, i]) for i in range(4))
+
+
 def test_a_vae_pathway_ends_in_the_code_mean() -> None:
     torch.manual_seed(0)
     net = AutoEncoder(6, 2, 4, 2, residual=False, variational=True, block="original").eval()
@@ -115,6 +125,13 @@ def test_nap_with_fewer_normals_than_dimensions_keeps_the_directions_they_span()
     assert np.allclose(scores, _nap_by_numpy(train, test, rank=11), rtol=1e-4)
 
 
+def test_the_guard_is_relative_to_the_largest_singular_value() -> None:
+    # singular values near 1e5, 10 and 0.1: the guard (100 * float32 eps = 1.2e-5 of the largest, 1.2)
+    # drops the third, which a guard relative to the second (1.2e-4) would keep
+    train = np.random.default_rng(3).normal(size=(100, 3)) * np.array([1e4, 1.0, 1e-2])
+    assert rapp.fit_nap(torch.from_numpy(train).float()).projection.shape == (3, 2)
+
+
 def test_nap_of_identical_rows_keeps_no_direction_and_scores_zero() -> None:
     stats = rapp.fit_nap(torch.ones(10, 4))
     assert stats.projection.shape == (4, 0)
@@ -154,23 +171,23 @@ def test_a_model_without_nap_statistics_refuses_to_score_by_nap() -> None:
     assert "nap" not in model.scores(torch.rand(2, 8))
 
 
-# (setting, smallest valid value, largest invalid value below it)
+# (setting, smallest valid value, largest invalid value below it, what the error says is allowed)
 BOUNDS = [
-    ("n_layers", 0, -1),
-    ("hidden_dim", 1, 0),
-    ("latent_dim", 1, 0),
-    ("beta", 0.0, -1e-9),
-    ("weight_decay", 0.0, -1e-9),
+    ("n_layers", 0, -1, "an integer >= 0 (0 = projections only)"),
+    ("hidden_dim", 1, 0, "an integer >= 1"),
+    ("latent_dim", 1, 0, "an integer >= 1"),
+    ("beta", 0.0, -1e-9, "a number >= 0"),
+    ("weight_decay", 0.0, -1e-9, "a number >= 0"),
 ]
 VALID = dict(n_layers=2, hidden_dim=8, latent_dim=4, block="preact", beta=1.0, lr=1e-3, weight_decay=0.0)
 
 
-@pytest.mark.parametrize("name,ok,bad", BOUNDS)
-def test_each_model_setting_is_checked_at_its_bound(name: str, ok, bad) -> None:
+@pytest.mark.parametrize("name,ok,bad,allowed", BOUNDS)
+def test_each_model_setting_is_checked_at_its_bound(name: str, ok, bad, allowed: str) -> None:
     check_model_settings(**VALID | {name: ok})
     with pytest.raises(ConfigError) as err:
         check_model_settings(**VALID | {name: bad})
-    assert str(err.value).startswith(f"model.{name}={bad!r} is invalid: it must be ")
+    assert str(err.value) == f"model.{name}={bad!r} is invalid: it must be {allowed}."
 
 
 @pytest.mark.parametrize(

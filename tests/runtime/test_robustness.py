@@ -233,7 +233,8 @@ RAE_WITH_A_WORKER = ["model=rae", "data.num_workers=1", "callbacks.last_checkpoi
         pytest.param(
             ["+trainer.val_check_interval=0.5"], SIGTERM_IN_MID_EPOCH_VAL, 143, 24, marks=pytest.mark.slow
         ),
-        ([], KILL_IN_TEST, -9, 48),  # the resume only tests, and still records the last epoch's loss
+        # the resume only tests, and still records the last epoch's loss
+        pytest.param([], KILL_IN_TEST, -9, 48, marks=pytest.mark.slow),
     ],
     ids=[
         "sigterm",
