@@ -63,8 +63,9 @@ def job_rows(job_dir: Path) -> list[dict]:
         "val": pathway(model, datamodule.val_dataloader()),
         "test": pathway(model, datamodule.test_dataloader()),
     }
-    job = {"job": job_dir.name, "model": record["model_name"], "seed": record["seed"],
-           "anomaly_class": record["data"]["anomaly_class"]}  # fmt: skip
+    data = record["data"]  # the class a job holds out: its anomaly, or under unimodal its one normal class
+    held_out = data["normal_class"] if data.get("protocol") == "unimodal" else data["anomaly_class"]
+    job = {"job": job_dir.name, "model": record["model_name"], "seed": record["seed"], "class": held_out}
     rows = []
     for name, layers in layer_sets(len(train)).items():
         stats = fit_guarded(torch.cat([train[i] for i in layers], 1))
@@ -87,21 +88,17 @@ def summary(df: pd.DataFrame) -> str:
     """Per model and score, the variant with the best mean val AUROC and its test AUROC (mean ± std
     over the held-out classes), beside RaPP's own ("all") and the reconstruction error; then the chosen
     variant minus the reconstruction error, per seed (mean over the classes)."""
-    test = (
-        df[df.split == "test"]
-        .set_index(["model", "score", "variant", "seed", "anomaly_class"])
-        .auroc.sort_index()
-    )
+    test = df[df.split == "test"].set_index(["model", "score", "variant", "seed", "class"]).auroc.sort_index()
     val = df[df.split == "val"].groupby(["model", "score", "variant"]).auroc.mean()
     lines = []
     for model in sorted(df.model.unique()):
         recon = test.loc[(model, "recon", "input")]
-        per_class = recon.groupby("anomaly_class").mean()
+        per_class = recon.groupby("class").mean()
         line = [model, f"{per_class.mean():.3f} ± {per_class.std():.3f}"]
         for score in ("SAP", "NAP"):
             chosen = val.loc[(model, score)].idxmax()
             for variant in ("all", chosen):
-                ours = test.loc[(model, score, variant)].groupby("anomaly_class").mean()
+                ours = test.loc[(model, score, variant)].groupby("class").mean()
                 line.append(f"{variant}: {ours.mean():.3f} ± {ours.std():.3f}")
             gain = (test.loc[(model, score, chosen)] - recon).groupby("seed").mean()
             line.append(", ".join(f"{g:+.3f}" for g in gain))
