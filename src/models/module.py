@@ -211,15 +211,13 @@ class AnomalyAutoEncoder(LightningModule):
             self.test_metrics[name].update(value, y)
 
     def on_test_epoch_end(self) -> None:
-        chosen = self.test_metrics[self.hparams.score].compute()
-        values = {f"test/{k}": v for k, v in chosen.items()}
-        for name, metric in self.test_metrics.items():
-            result = metric.compute()
-            values[f"test/auroc_{name}"] = result["auroc"]
-            if name in SCORES:
-                values[f"test/auprc_{name}"] = result["auprc"]
-            metric.reset()
+        results = {name: metric.compute() for name, metric in self.test_metrics.items()}
+        values = {f"test/{k}": v for k, v in results[self.hparams.score].items()}
+        values |= {f"test/auroc_{name}": result["auroc"] for name, result in results.items()}
+        values |= {f"test/auprc_{name}": results[name]["auprc"] for name in SCORES}
         self.log_dict(values, sync_dist=True)  # see ``log_epoch_metrics``
+        for metric in self.test_metrics.values():
+            metric.reset()
 
     def log_epoch_metrics(self, stage: str, metrics: AnomalyMetrics) -> None:
         # Computed once over the whole epoch (see ``src.models.metrics``); under DDP every rank holds the

@@ -364,3 +364,17 @@ def test_the_unimodal_protocol_keeps_one_normal_class_and_half_anomalies_from_al
 def test_protocol_settings_that_do_not_fit_are_named(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         OneClassDataModule("digits", **kwargs)
+
+
+def test_nap_fits_on_a_fixed_subset_of_the_training_normals_when_they_are_many() -> None:
+    dm = OneClassDataModule("digits", eval_batch_size=64, seed=3)
+    dm.setup("fit")
+    rows = {tuple(r.tolist()) for r in dm.data_train.x}
+    first, again = ([x for x, _ in dm.normal_dataloader(100)] for _ in range(2))
+    assert [len(x) for x in first] == [64, 36]
+    subset = torch.cat(first)
+    assert torch.equal(subset, torch.cat(again))  # the same subset every time (fixed by data.seed)
+    assert {tuple((r * 255).round().to(torch.uint8).tolist()) for r in subset} <= rows
+    assert len({tuple(r.tolist()) for r in subset}) == len(subset) == 100  # drawn without repeats
+    everything = torch.cat([x for x, _ in dm.normal_dataloader(10_000)])
+    assert torch.equal(everything, dm.data_train.x.float() / 255)  # a small split whole, in its order

@@ -77,7 +77,7 @@ class ResidualMLP(nn.Module):
 
     def forward_with_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The output and the hidden activations: what the input projection hands the first unit, then
-        each unit's output, each ``(B, W)`` (RaPP's projection pathway, ``src.models.pathway``)."""
+        each unit's output, each ``(B, W)`` (RaPP's projection pathway, ``src.models.rapp``)."""
         x = self.proj_in(x)  # (B, W)
         if not self.preact:
             x = F.relu(self.norm(x))
