@@ -351,6 +351,7 @@ def test_under_ddp_a_stop_stops_both_ranks_together_and_resumes_to_the_same_numb
 
 
 @pytest.mark.usefixtures("sigint_reaches_children")
+@pytest.mark.slow  # the handler's logic: test_the_first_ctrl_c_asks_for_a_stop_the_second_interrupts
 def test_a_second_ctrl_c_stops_at_once_and_still_resumes_to_the_same_numbers(
     tmp_path: Path, uninterrupted
 ) -> None:
@@ -434,6 +435,7 @@ def test_the_first_ctrl_c_asks_for_a_stop_the_second_interrupts(monkeypatch) -> 
         signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.slow  # in the default suite: test_wandb_failing_mid_run_costs_nothing
 def test_wandb_failing_to_start_costs_nothing(tmp_path: Path) -> None:
     unreachable = {"WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40, "WANDB_INIT_TIMEOUT": "2",
                    "WANDB_BASE_URL": "http://127.0.0.1:9"}  # fmt: skip
