@@ -10,11 +10,12 @@ ARGS ?=
 EXP ?= degradation
 DIR ?=
 CKPT ?=
+INPUT ?=
 STUDY_DIR ?= logs/study
 DATA ?=
 EPOCHS ?=
 WANDB ?=
-.PHONY: help install train sweep study claims report eval bench test test-full test-gpu mutate lint format docs docs-serve clean-logs
+.PHONY: help install train sweep study claims report eval score export bench test test-full test-gpu mutate lint format docs docs-serve clean-logs
 
 help: ## List every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -52,6 +53,14 @@ report: $(STAMP) ## Tables and plots of a sweep: DIR=logs/<task>/multiruns/<time
 eval: $(STAMP) ## Score a trained run again: CKPT=logs/train/runs/<time> (or a .ckpt; ARGS="stage=val ...")
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=logs/train/runs/<time> [ARGS=\"stage=val\"]"; exit 2; }
 	$(PY) -m src.eval "ckpt_path='$(CKPT)'" $(ARGS)
+
+score: $(STAMP) ## Score new samples: CKPT=<run or .ckpt> INPUT=<.npy/.npz/.csv/.parquet/folder> (ARGS="threshold=f1_max")
+	@test -n "$(CKPT)" -a -n "$(INPUT)" || { echo "usage: make score CKPT=<run> INPUT=<file> [ARGS=\"threshold=f1_max\"]"; exit 2; }
+	$(PY) -m src.score "ckpt_path='$(CKPT)'" "input='$(INPUT)'" $(ARGS)
+
+export: $(STAMP) ## Export a detector: CKPT=<run or .ckpt> (ARGS="format=torchscript"; default ONNX)
+	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<run> [ARGS=\"format=torchscript\"]"; exit 2; }
+	$(PY) -m src.export "ckpt_path='$(CKPT)'" $(ARGS)
 
 bench: $(STAMP) ## Throughput vs a hand-written loop and a naive pipeline (ARGS="--n-train 50000 ...")
 	$(PY) -m benchmarks.train_speed $(ARGS)

@@ -97,6 +97,7 @@ def make_model(n_layers: int, setup: Setup) -> AutoEncoder:
         residual=True,
         variational=False,
         block="preact",
+        output="sigmoid",
     )
     model.to(setup.device)
     if setup.compile:

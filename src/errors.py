@@ -8,3 +8,7 @@ class UsageError(Exception):
 
 class ConfigError(UsageError, ValueError):
     """One or more settings are out of range or do not fit together."""
+
+
+class DatasetNotFoundError(UsageError, FileNotFoundError):
+    """A dataset's files are not where the settings say and could not be downloaded."""

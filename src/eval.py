@@ -3,7 +3,8 @@
 The data is rebuilt from the checkpoint (the same split of the same source, by the same ``data.seed``),
 so the test AUROC is the run's own; any ``data.*`` setting given on the command line replaces the run's.
 Writes into its output directory ``eval_metrics.json`` (AUROC, AUPRC, the sizes of the scored split, the
-checkpoint, the data settings and what was changed, and the AUROC of every score: ``auroc_recon``,
+checkpoint, the data settings and what was changed, precision, recall and F1 at each threshold
+stored for the checkpoint (``thresholds``), and the AUROC of every score: ``auroc_recon``,
 ``auroc_sap``, ``auroc_nap`` and each pathway layer's ``auroc_layer_<i>``), ``scores.csv`` (one row per
 scored sample: its index in the source split, its class, whether it is an anomaly, its ``score`` (the
 model's ``model.score``) and every score beside it: ``score_recon``, ``score_sap``, ``score_nap``,
@@ -27,14 +28,16 @@ from src.analysis import plots
 from src.data.datamodule import OneClassDataModule
 from src.data.sources import class_names
 from src.errors import ConfigError, UsageError
+from src.models import thresholds
 from src.models.metrics import AnomalyMetrics
 from src.models.module import NAP_FIT_SAMPLES, SCORES, AnomalyAutoEncoder
+from src.runtime.checkpoints import find_checkpoint, load_model, read_checkpoint
 from src.runtime.composition import check_command_line
 from src.runtime.config import register_configs, torch_setting_problems
 from src.runtime.instantiate import instantiate_trainer
 from src.runtime.loggers import wandb_run_id
 from src.runtime.process import quiet_dependency_notices, skip_unloadable_nvml_check, stop_on, torch_settings
-from src.runtime.records import METRICS_FILE, provenance, read_metrics, write_json_atomic
+from src.runtime.records import provenance, write_json_atomic
 from src.runtime.wandb_access import log_to_wandb
 
 log = logging.getLogger(__name__)
@@ -51,38 +54,9 @@ def model_label(hparams: Any) -> str:
     return f"{name} n_layers={hparams.n_layers}"
 
 
-def find_checkpoint(ckpt_path: str) -> Path:
-    """``ckpt_path`` itself if it is a file; for a run directory, the best checkpoint its
-    ``metrics.json`` names (looked up under the directory's ``checkpoints/`` if the run was moved)."""
-    path = Path(ckpt_path).expanduser()
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise ConfigError(
-            f"ckpt_path={ckpt_path} is neither a checkpoint file nor a run directory: give a run's "
-            "output directory (logs/train/runs/<time>) or one of its checkpoints/*.ckpt files."
-        )
-    best = read_metrics(path).get("best_checkpoint") if (path / METRICS_FILE).is_file() else None
-    for candidate in (best, best and path / "checkpoints" / Path(best).name):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    raise ConfigError(
-        f"ckpt_path={ckpt_path} is a directory without a best checkpoint (no {METRICS_FILE} naming one "
-        "that exists, e.g. an unfinished run or one stopped before its first validation): give a "
-        f"checkpoint file, e.g. ckpt_path={path / 'checkpoints' / 'last.ckpt'}."
-    )
-
-
 def data_settings(cfg: DictConfig, checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The data settings saved in the checkpoint, and those ``cfg.data`` sets (which replace them)."""
-    try:
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except Exception as err:  # not a torch file, truncated, or a pickle of something else
-        raise ConfigError(
-            f"ckpt_path={checkpoint} is not a readable checkpoint ({type(err).__name__}: {err}): give a "
-            "checkpoints/*.ckpt file a run wrote, or the run's directory."
-        ) from err
-    saved = saved.get("datamodule_hyper_parameters") if isinstance(saved, dict) else None
+    saved = read_checkpoint(checkpoint).get("datamodule_hyper_parameters")
     if not saved:
         raise ConfigError(
             f"ckpt_path={checkpoint} holds no data settings (datamodule_hyper_parameters): it was not "
@@ -201,8 +175,18 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
         out / "scores.png",
     )
     plots.scores_by_class(table, by_class, title, out / "scores_by_class.png")
+    # precision, recall and F1 at each threshold stored for this checkpoint (``src.score threshold=...``)
+    at_thresholds = {
+        rule: {"threshold": entry["threshold"]}
+        | thresholds.flag_metrics(scores.numpy(), anomaly.numpy(), entry["threshold"])
+        for rule, entry in thresholds.stored(checkpoint).items()
+    }
+    for rule, result in at_thresholds.items():
+        log.info("At threshold %s (%.6g): precision %.3f, recall %.3f, F1 %.3f",
+                 rule, result["threshold"], result["precision"], result["recall"], result["f1"])  # fmt: skip
     record = values | {
         "stage": cfg.stage,
+        "thresholds": at_thresholds,
         "checkpoint": str(checkpoint.resolve()),
         "n_normal": int((anomaly == 0).sum()),
         "n_anomaly": int(anomaly.sum()),
@@ -267,9 +251,7 @@ def _load(
     except (TypeError, ValueError) as err:
         raise ConfigError(f"Invalid data settings, nothing was run: {err}") from err
     _warn_if_the_normals_differ(saved, settings, datamodule)
-    model = AnomalyAutoEncoder.load_from_checkpoint(
-        checkpoint, map_location="cpu", weights_only=False, compile=False
-    )
+    model = load_model(checkpoint)
     if datamodule.input_dim != model.hparams.input_dim:
         raise ConfigError(
             f"data.dataset={settings['dataset']} gives {datamodule.input_dim} inputs per sample, but the "

@@ -46,7 +46,7 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
 def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str, Any]:
     with StopAfterStepOnCtrlC(trainer) as ctrl_c:
         try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except SystemExit as err:
             _exit_130_after_ctrl_c(trainer, err, ctrl_c.pressed)
             raise
@@ -67,7 +67,7 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
             "fast_dev_run): testing the final weights; val/auroc is none."
         )
     try:
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
     except SystemExit as err:
         _exit_130_after_ctrl_c(trainer, err, pressed=False)
         raise
@@ -108,7 +108,9 @@ def _train(cfg: DictConfig, start: float) -> tuple[dict[str, Any], dict[str, Any
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.check_available()
     ckpt_path = resume_path(cfg)
-    model = hydra.utils.instantiate(cfg.model, input_dim=datamodule.input_dim)
+    # model.output=null: the data's choice (a linear output for features, a sigmoid for pixels)
+    output = cfg.model.get("output") or datamodule.output
+    model = hydra.utils.instantiate(cfg.model, input_dim=datamodule.input_dim, output=output)
     callbacks = instantiate_callbacks(cfg)
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning rejects a bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]

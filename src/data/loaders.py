@@ -8,20 +8,22 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 
 class InMemoryBatches(Dataset):
-    """uint8 images held in memory and batched by index; floats exist only one batch at a time."""
+    """Samples held in memory and batched by index: uint8 pixels, scaled to [0, 1] one batch at a time,
+    or float32 features, handed over raw (the model standardises them)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y  # (N, D) uint8, (N,) int64
+        self.x, self.y = x, y  # (N, D) uint8 or float32, (N,) int64
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[i].float().div_(255), self.y[i]
+        return self.__getitems__([i])[0][0], self.y[i]
 
     def __getitems__(self, indices: torch.Tensor | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices)
-        return self.x[idx].float().div_(255), self.y[idx]  # (B, D) float32, (B,) int64
+        x = self.x[idx]
+        return (x.float().div_(255) if x.dtype == torch.uint8 else x), self.y[idx]  # (B, D) float32, (B,)
 
 
 class TensorBatchSampler(BatchSampler):

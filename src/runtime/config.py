@@ -13,6 +13,7 @@ from omegaconf import MISSING as MISSING_VALUE
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.datamodule import OneClassDataModule, check_data_settings, input_dim_of
+from src.data.sources import holds_features
 from src.errors import ConfigError
 from src.models.module import AnomalyAutoEncoder, check_model_settings
 
@@ -81,9 +82,16 @@ def check_config(cfg: DictConfig) -> None:
     except ValueError as err:
         problems.append(str(err))
     try:
-        input_dim = input_dim_of(data["dataset"], data.get("path"))
+        input_dim = input_dim_of(data["dataset"], data.get("path"), data.get("label_column"))
+        features = holds_features(data["dataset"], data.get("path"))
     except (ValueError, OSError):
-        input_dim = None  # already reported above
+        input_dim = features = None  # already reported above
+    if features and model.get("output") == "sigmoid":
+        problems.append(
+            "model.output=sigmoid bounds reconstructions to (0, 1), but "
+            f"data.dataset={data['dataset']} gives raw features, which the model standardises to "
+            "unbounded values: use model.output=linear, or leave model.output=null for the data's choice."
+        )
     try:
         _call_with(check_model_settings, model, input_dim=input_dim)
     except ValueError as err:

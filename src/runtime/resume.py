@@ -34,7 +34,7 @@ def resume_path(cfg: DictConfig) -> str | None:
 
 def saved_step(path: str | Path) -> int:
     """The ``global_step`` of a Lightning checkpoint, read without reading its weights (``mmap``)."""
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
 
 
 def checkpoint_step(ckpt_path: str | None) -> int:

@@ -57,7 +57,7 @@ def test_vectors_and_unnamed_classes(tmp_path: Path) -> None:
     labels = np.repeat(np.arange(4), 30)
     np.savez(path, x_train=rng.integers(0, 256, (120, 5), dtype=np.uint8), y_train=labels,
              x_test=rng.integers(0, 256, (60, 5), dtype=np.uint8), y_test=labels[::2])  # fmt: skip
-    assert npz_info(path) == ((5,), ["0", "1", "2", "3"])  # names are the labels
+    assert npz_info(path) == ((5,), ["0", "1", "2", "3"], False)  # names are the labels; uint8: pixels
     dm = OneClassDataModule("npz", path=str(path), anomaly_class=[1, "2"], batch_size=8)
     dm.setup("fit")
     assert dm.input_dim == 5 and dm.anomaly_classes == [1, 2]
@@ -75,7 +75,11 @@ def _save(path: Path, **changes) -> Path:
     "changes,message",
     [
         ({"y_test": None}, "it holds no array 'y_test' \\(it holds \\['x_test', 'x_train', 'y_train'\\]\\)"),
-        ({"x_train": np.zeros((1257, 8, 8), np.float32)}, "x_train is float32, not uint8. For values in"),
+        (
+            {"x_train": np.zeros((1257, 8, 8), np.float32)},
+            "x_train is float32 and x_test uint8: both must be uint8 \\(pixels\\) or both float",
+        ),
+        ({"x_train": np.zeros((1257, 8, 8), np.int64)}, "x_train is int64 and x_test uint8"),
         (
             {"x_test": np.zeros((540, 9, 9), np.uint8)},
             "x_train's samples are \\(8, 8\\), x_test's \\(9, 9\\)",

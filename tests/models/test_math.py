@@ -51,7 +51,7 @@ def test_the_reparameterised_sample_has_mean_mu_and_standard_deviation_sigma() -
 
 def test_a_vae_samples_its_latent_in_training_while_its_score_is_deterministic() -> None:
     torch.manual_seed(4)
-    model = AutoEncoder(20, 4, 16, 2, residual=True, variational=True, block="preact").train()
+    model = AutoEncoder(20, 4, 16, 2, residual=True, variational=True, block="preact", output="sigmoid").train()
     x = torch.rand(7, 20)
     assert not torch.equal(model(x).x_hat, model(x).x_hat)  # a new eps each forward
     model.eval()
@@ -64,8 +64,8 @@ def test_a_vae_samples_its_latent_in_training_while_its_score_is_deterministic()
 @pytest.mark.parametrize("block", ["preact", "original"])
 def test_the_residual_flag_reaches_every_unit_and_changes_the_output(block: str) -> None:
     torch.manual_seed(5)
-    plain = AutoEncoder(12, 3, 8, 3, residual=False, variational=False, block=block).eval()
-    resid = AutoEncoder(12, 3, 8, 3, residual=True, variational=False, block=block).eval()
+    plain = AutoEncoder(12, 3, 8, 3, residual=False, variational=False, block=block, output="sigmoid").eval()
+    resid = AutoEncoder(12, 3, 8, 3, residual=True, variational=False, block=block, output="sigmoid").eval()
     resid.load_state_dict(plain.state_dict())  # the same weights: only the skips differ
     for model, flag in ((plain, False), (resid, True)):
         units = [*model.encoder.blocks, *model.decoder.blocks]

@@ -34,7 +34,7 @@ def test_shapes_for_every_depth(name: str, n_layers: int, block: str) -> None:
         n_layers=n_layers,
         residual=residual,
         variational=variational,
-        block=block,
+        block=block, output="sigmoid"
     )
     x = torch.rand(5, 64)
     out = model(x)
@@ -52,15 +52,15 @@ def test_shapes_for_every_depth(name: str, n_layers: int, block: str) -> None:
 @pytest.mark.parametrize("n_layers", [0, 3, 20])
 def test_residual_and_plain_variants_hold_the_same_parameters(n_layers: int, block: str) -> None:
     for variational in (False, True):
-        plain = AutoEncoder(784, 16, 64, n_layers, residual=False, variational=variational, block=block)
-        resid = AutoEncoder(784, 16, 64, n_layers, residual=True, variational=variational, block=block)
+        plain = AutoEncoder(784, 16, 64, n_layers, residual=False, variational=variational, block=block, output="sigmoid")
+        resid = AutoEncoder(784, 16, 64, n_layers, residual=True, variational=variational, block=block, output="sigmoid")
         assert n_params(plain) == n_params(resid)
         assert [n for n, _ in plain.named_parameters()] == [n for n, _ in resid.named_parameters()]
 
 
 def test_preact_and_original_units_hold_the_same_parameters() -> None:
-    a = AutoEncoder(784, 16, 64, 5, residual=True, variational=False, block="preact")
-    b = AutoEncoder(784, 16, 64, 5, residual=True, variational=False, block="original")
+    a = AutoEncoder(784, 16, 64, 5, residual=True, variational=False, block="preact", output="sigmoid")
+    b = AutoEncoder(784, 16, 64, 5, residual=True, variational=False, block="original", output="sigmoid")
     assert n_params(a) == n_params(b)
 
 
@@ -157,7 +157,7 @@ def test_loss_sums_over_pixels_and_averages_over_the_batch() -> None:
 
 def test_vae_score_is_deterministic_and_decodes_the_mean() -> None:
     torch.manual_seed(0)
-    model = AutoEncoder(20, 4, 16, 2, residual=True, variational=True, block="preact").eval()
+    model = AutoEncoder(20, 4, 16, 2, residual=True, variational=True, block="preact", output="sigmoid").eval()
     x = torch.rand(7, 20)
     s1, s2 = model.score(x), model.score(x)
     assert torch.equal(s1, s2)
@@ -183,7 +183,7 @@ def test_out_of_range_settings_are_rejected_by_name_by_the_module() -> None:
 
 
 def test_losses_are_float32_under_bf16_autocast() -> None:
-    model = AutoEncoder(20, 4, 16, 2, residual=True, variational=True, block="preact")
+    model = AutoEncoder(20, 4, 16, 2, residual=True, variational=True, block="preact", output="sigmoid")
     x = torch.rand(8, 20)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)

@@ -35,7 +35,7 @@ def _pathway_by_hand(net: AutoEncoder, x: torch.Tensor) -> list[torch.Tensor]:
 
 def _tiny_model() -> AutoEncoder:
     torch.manual_seed(0)
-    net = AutoEncoder(3, 2, 4, 1, residual=True, variational=False, block="preact")
+    net = AutoEncoder(3, 2, 4, 1, residual=True, variational=False, block="preact", output="sigmoid")
     for norm in (net.encoder.blocks[0].norm, net.encoder.norm):  # running statistics that matter
         norm.running_mean.uniform_(-0.5, 0.5)
         norm.running_var.uniform_(0.5, 2.0)
@@ -69,7 +69,7 @@ def test_the_scores_are_recon_sap_and_each_layer_of_the_pathway() -> None:
 
 def test_a_vae_pathway_ends_in_the_code_mean() -> None:
     torch.manual_seed(0)
-    net = AutoEncoder(6, 2, 4, 2, residual=False, variational=True, block="original").eval()
+    net = AutoEncoder(6, 2, 4, 2, residual=False, variational=True, block="original", output="sigmoid").eval()
     x = torch.rand(3, 6)
     path = net.pathway(x)
     assert [p.shape[1] for p in path] == [6, 4, 4, 4, 2]

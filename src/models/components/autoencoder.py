@@ -1,6 +1,6 @@
 """The torch model behind all four variants: AE, VAE, RAE and RVAE differ only in two flags."""
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -8,9 +8,11 @@ from torch import nn
 from src.models.components.backbone import BlockType, ResidualMLP
 from src.models.components.loss import reconstruction_error
 
+OutputType = Literal["sigmoid", "linear"]
+
 
 class AEOutput(NamedTuple):
-    x_hat: torch.Tensor  # (B, D) in (0, 1)
+    x_hat: torch.Tensor  # (B, D), in (0, 1) with a sigmoid output
     mu: torch.Tensor | None = None  # (B, Z); None for deterministic models
     logvar: torch.Tensor | None = None  # (B, Z)
 
@@ -20,8 +22,8 @@ class AutoEncoder(nn.Module):
     in ``AnomalyAutoEncoder`` alone.
 
     ``residual`` toggles the identity skips (AE vs RAE); ``variational`` adds a Gaussian latent head
-    with the reparameterization trick (AE vs VAE). The decoder ends in a sigmoid because inputs are
-    pixel intensities in [0, 1].
+    with the reparameterization trick (AE vs VAE). ``output`` is the decoder's last step: ``sigmoid``
+    for pixel intensities in [0, 1], ``linear`` for standardised features, which are unbounded.
     """
 
     def __init__(
@@ -33,9 +35,11 @@ class AutoEncoder(nn.Module):
         residual: bool,
         variational: bool,
         block: BlockType,
+        output: OutputType,
     ) -> None:
         super().__init__()
         self.variational = variational
+        self.sigmoid_output = output == "sigmoid"
         enc_out = 2 * latent_dim if variational else latent_dim
         self.encoder = ResidualMLP(input_dim, enc_out, hidden_dim, n_layers, residual, block)
         self.decoder = ResidualMLP(latent_dim, input_dim, hidden_dim, n_layers, residual, block)
@@ -54,7 +58,8 @@ class AutoEncoder(nn.Module):
         return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(z))
+        out = self.decoder(z)
+        return torch.sigmoid(out) if self.sigmoid_output else out
 
     def forward(self, x: torch.Tensor) -> AEOutput:
         mu, logvar = self.encode(x)
