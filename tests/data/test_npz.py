@@ -141,3 +141,25 @@ def test_train_and_eval_on_an_npz_from_the_command_line(digits_npz: Path, tmp_pa
     scores = pd.read_csv(out / "scores.csv")
     assert set(scores[scores.anomaly == 1].class_name) == {"eight"}
     assert set(scores.class_name) == set(NAMES)
+
+
+def test_float_arrays_are_raw_features_for_a_linear_output(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(2), 60)
+    x_train, x_test = rng.normal(scale=50, size=(120, 3)), rng.normal(scale=50, size=(60, 3))
+    path = tmp_path / "features.npz"
+    np.savez(path, x_train=x_train, y_train=labels, x_test=x_test, y_test=labels[::2])
+    datamodule = OneClassDataModule("npz", path=str(path), anomaly_class=1, anomaly_ratio=None)
+    assert datamodule.output == "linear" and datamodule.input_description()["kind"] == "features"
+    datamodule.setup("fit")
+    normals = {tuple(row) for row in x_train[labels == 0].astype(np.float32)}
+    assert {tuple(row) for row in datamodule.data_train.x.numpy()} <= normals  # raw values, not / 255
+    mean, scale = datamodule.feature_statistics
+    np.testing.assert_allclose(mean.numpy(), datamodule.data_train.x.double().mean(0).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        scale.numpy(), datamodule.data_train.x.double().std(0, correction=0), rtol=1e-6
+    )
+    x_train[3, 1] = np.nan
+    np.savez(path, x_train=x_train, y_train=labels, x_test=x_test, y_test=labels[::2])
+    with pytest.raises(ValueError, match="x_train holds 1 NaN or infinite values"):
+        OneClassDataModule("npz", path=str(path), anomaly_class=1).setup("fit")

@@ -51,7 +51,9 @@ def test_the_reparameterised_sample_has_mean_mu_and_standard_deviation_sigma() -
 
 def test_a_vae_samples_its_latent_in_training_while_its_score_is_deterministic() -> None:
     torch.manual_seed(4)
-    model = AutoEncoder(20, 4, 16, 2, residual=True, variational=True, block="preact", output="sigmoid").train()
+    model = AutoEncoder(
+        20, 4, 16, 2, residual=True, variational=True, block="preact", output="sigmoid"
+    ).train()
     x = torch.rand(7, 20)
     assert not torch.equal(model(x).x_hat, model(x).x_hat)  # a new eps each forward
     model.eval()

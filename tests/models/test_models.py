@@ -34,7 +34,8 @@ def test_shapes_for_every_depth(name: str, n_layers: int, block: str) -> None:
         n_layers=n_layers,
         residual=residual,
         variational=variational,
-        block=block, output="sigmoid"
+        block=block,
+        output="sigmoid",
     )
     x = torch.rand(5, 64)
     out = model(x)
@@ -52,8 +53,12 @@ def test_shapes_for_every_depth(name: str, n_layers: int, block: str) -> None:
 @pytest.mark.parametrize("n_layers", [0, 3, 20])
 def test_residual_and_plain_variants_hold_the_same_parameters(n_layers: int, block: str) -> None:
     for variational in (False, True):
-        plain = AutoEncoder(784, 16, 64, n_layers, residual=False, variational=variational, block=block, output="sigmoid")
-        resid = AutoEncoder(784, 16, 64, n_layers, residual=True, variational=variational, block=block, output="sigmoid")
+        plain = AutoEncoder(
+            784, 16, 64, n_layers, residual=False, variational=variational, block=block, output="sigmoid"
+        )
+        resid = AutoEncoder(
+            784, 16, 64, n_layers, residual=True, variational=variational, block=block, output="sigmoid"
+        )
         assert n_params(plain) == n_params(resid)
         assert [n for n, _ in plain.named_parameters()] == [n for n, _ in resid.named_parameters()]
 
@@ -157,7 +162,9 @@ def test_loss_sums_over_pixels_and_averages_over_the_batch() -> None:
 
 def test_vae_score_is_deterministic_and_decodes_the_mean() -> None:
     torch.manual_seed(0)
-    model = AutoEncoder(20, 4, 16, 2, residual=True, variational=True, block="preact", output="sigmoid").eval()
+    model = AutoEncoder(
+        20, 4, 16, 2, residual=True, variational=True, block="preact", output="sigmoid"
+    ).eval()
     x = torch.rand(7, 20)
     s1, s2 = model.score(x), model.score(x)
     assert torch.equal(s1, s2)
