@@ -53,6 +53,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(
                 "format=onnx needs the onnx and onnxscript packages: pip install -e '.[export]'."
             ) from err
+        logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # its graph passes log each step at INFO
         batch = torch.export.Dim("batch")
         model.to_onnx(
             tmp, example, dynamo=True, input_names=["x"], output_names=["score"],

@@ -48,12 +48,12 @@ def kind(command: str) -> str:
     words = shlex.split(command)
     if command.startswith(INSTALLS):
         return "install"
-    if words[:2] == ["python", "-m"] and words[2] in ("src.train", "src.eval"):
+    if words[:2] == ["python", "-m"] and words[2] in ("src.train", "src.eval", "src.score", "src.export"):
         return "hydra"
     if words[:2] == ["python", "-m"] and words[2] in ("src.report", "src.claims"):
         return "analysis"
-    if words[:2] == ["python", "-m"] and words[2].startswith("studies."):
-        return "study"
+    if words[:2] == ["python", "-m"] and words[2].startswith(("studies.", "benchmarks.")):
+        return "study"  # an argparse main: its arguments parse
     return {"make": "make", "wandb": "wandb", "touch": "install"}.get(words[0], "unknown")
 
 
