@@ -250,6 +250,12 @@ def _load(
         datamodule = OneClassDataModule(**settings)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"Invalid data settings, nothing was run: {err}") from err
+    if not datamodule.labelled:
+        raise ConfigError(
+            "src.eval measures how well the model tells anomalies from normals, but the run's table has no "
+            "labels (data.label_column is null): give data.label_column=<column> of a labelled copy of "
+            "the table, or score new rows with `python -m src.score`."
+        )
     _warn_if_the_normals_differ(saved, settings, datamodule)
     model = load_model(checkpoint)
     if datamodule.input_dim != model.hparams.input_dim:

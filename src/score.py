@@ -74,6 +74,12 @@ def choose_threshold(model: AnomalyAutoEncoder, checkpoint: Path, content: dict,
     if rule in (saved := thresholds.stored(checkpoint)):
         return {"rule": rule} | saved[rule]
     datamodule = OneClassDataModule(**content["datamodule_hyper_parameters"])
+    if name != "quantile" and not datamodule.labelled:
+        raise ConfigError(
+            f"threshold={threshold} needs labelled anomalies in the run's validation split, but the run "
+            "trained on a table without data.label_column (every row normal): use threshold=quantile:<q> "
+            "(the q-quantile of the training normals' scores, e.g. quantile:0.99) or a number."
+        )
     datamodule.check_available()
     datamodule.setup("fit")
     if name == "quantile":

@@ -13,7 +13,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.errors import UsageError
 from src.runtime.callbacks.training_monitor import DivergedError, TrainingMonitor
@@ -76,7 +76,9 @@ def _fit_and_test(trainer, model, datamodule, ckpt_path: str | None) -> dict[str
     return {
         "status": "completed",
         "train/loss": value(fit_metrics, "train/epoch_loss"),  # mean over the final epoch
-        "val/auroc": float(ckpt.best_model_score) if best else value(fit_metrics, "val/auroc"),
+        "val/auroc": float(ckpt.best_model_score)
+        if best and ckpt.best_model_score is not None
+        else value(fit_metrics, "val/auroc"),
         "test/auroc": value(test_metrics, "test/auroc"),
         "test/auprc": value(test_metrics, "test/auprc"),
         "train/g_norm_max": monitor.g_norm_max if monitor else None,
@@ -111,6 +113,9 @@ def _train(cfg: DictConfig, start: float) -> tuple[dict[str, Any], dict[str, Any
     # model.output=null: the data's choice (a linear output for features, a sigmoid for pixels)
     output = cfg.model.get("output") or datamodule.output
     model = hydra.utils.instantiate(cfg.model, input_dim=datamodule.input_dim, output=output)
+    if not datamodule.labelled and cfg.callbacks.get("model_checkpoint"):
+        with open_dict(cfg):  # no labels, no val/auroc to choose by: the last epoch's checkpoint is kept
+            cfg.callbacks.model_checkpoint.monitor = None
     callbacks = instantiate_callbacks(cfg)
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning rejects a bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]

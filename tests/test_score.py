@@ -120,8 +120,8 @@ def test_a_table_that_cannot_be_used_is_named(tmp_path: Path) -> None:
         ValueError, match="data.label_column='kind' is not one of its columns \\['a', 'b', 'label'\\]"
     ):
         OneClassDataModule("tabular", path=str(path), label_column="kind")
-    with pytest.raises(ValueError, match="data.label_column is not set: data=tabular needs"):
-        OneClassDataModule("tabular", path=str(path))
+    with pytest.raises(ValueError, match="the columns \\['b'\\] are not numeric"):
+        OneClassDataModule("tabular", path=str(path))  # without labels, every column is a feature
     with pytest.raises(ValueError, match="data.label_column='label' is set, but only data=tabular reads it"):
         OneClassDataModule("digits", label_column="label")
 
@@ -343,3 +343,30 @@ def test_the_commands_print_one_line_and_stop_on_bad_input_with_status_2(
         "export", f"ckpt_path={cancer_run}", "format=torchscript", f"hydra.run.dir={tmp_path / 'x'}"
     )
     assert status == 0 and f"to {tmp_path / 'x' / 'detector.pt'}" in capfd.readouterr().out
+
+
+def test_a_table_without_labels_trains_keeps_the_last_checkpoint_and_takes_quantile_thresholds(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "unlabelled.parquet"
+    pd.DataFrame(rng.normal(size=(300, 4)), columns=list("abcd")).to_parquet(path)
+    record = _train(tmp_path / "run", "data=tabular", f"data.path={path}", "model=ae", "model.latent_dim=2",
+                    "trainer.max_epochs=3")  # fmt: skip
+    assert record["status"] == "completed" and record["split"]["val_anomaly"] == 0
+    assert record["val/auroc"] is None and record["test/auroc"] is None  # nothing to measure it on
+    assert Path(record["best_checkpoint"]).name == "epoch_002.ckpt"  # the last epoch's
+    rows = tmp_path / "new.csv"
+    pd.DataFrame(rng.normal(size=(5, 4)) * [1, 1, 1, 10], columns=list("abcd")).to_csv(rows, index=False)
+    summary = run_score(tmp_path / "q", tmp_path / "run", rows, "threshold=quantile:0.95")
+    assert summary["rule"] == "quantile:0.95" and summary["n"] == 5
+    for rule in ("f1_max", "fpr:0.05"):
+        with pytest.raises(
+            ConfigError, match=f"threshold={rule} needs labelled anomalies .* use threshold=quantile"
+        ):
+            run_score(tmp_path / "bad", tmp_path / "run", rows, f"threshold={rule}")
+    from src.eval import evaluate
+    from tests.conftest import eval_cfg
+
+    with pytest.raises(ConfigError, match="the run's table has no labels"):
+        evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={tmp_path / 'run'}"))

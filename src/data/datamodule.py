@@ -144,12 +144,15 @@ def check_data_settings(
         )
     try:
         names = class_names(dataset, split, path, label_column)
-        if protocol == "unimodal":
+        labelled = dataset != "tabular" or label_column is not None
+        if not labelled:
+            labels = []  # every row is normal; data.anomaly_class and data.normal_class are not read
+        elif protocol == "unimodal":
             normal = resolve_anomaly_classes(normal_class, names, key="data.normal_class")
             labels = [c for c in range(len(names)) if c not in normal]
         else:
             labels = resolve_anomaly_classes(anomaly_class, names)
-        if not labels or len(labels) == len(names):
+        if labelled and (not labels or len(labels) == len(names)):
             raise ValueError(
                 f"data.protocol={protocol} with these classes leaves no "
                 f"{'anomaly' if not labels else 'normal'} class: keep at least one class on each side."
@@ -187,7 +190,8 @@ class OneClassDataModule(LightningDataModule):
             every other class normal) or ``unimodal`` (RaPP's second: ``normal_class`` is the one normal
             class, every other class an anomaly; ``anomaly_class`` is not read).
         normal_class: label, label name, or a list of them: the normal class of ``unimodal``.
-        label_column: for ``tabular``, the table's column of class labels.
+        label_column: for ``tabular``, the table's column of class labels; None: every row is normal
+            (no AUROC can be measured; the last checkpoint is kept).
         drop_last: train on full batches only, dropping each epoch's short last batch (its BatchNorm
             statistics come from fewer samples and its gradient norm spikes). A last batch of one
             sample is dropped either way: BatchNorm cannot train on it.
@@ -245,6 +249,12 @@ class OneClassDataModule(LightningDataModule):
     @property
     def input_dim(self) -> int:
         return input_dim_of(self.hparams.dataset, self.hparams.path, self.hparams.label_column)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the data tells normals from anomalies; a table without ``label_column`` does not:
+        every row is normal, and nothing can measure AUROC on it."""
+        return self.hparams.dataset != "tabular" or self.hparams.label_column is not None
 
     @property
     def output(self) -> str:
@@ -331,7 +341,7 @@ class OneClassDataModule(LightningDataModule):
         """Log how many normals and anomalies each split holds; warn where one class is too rare for
         AUROC to say much (a high ``anomaly_ratio`` on a small source)."""
         n, hp = self.split_sizes, self.hparams
-        held_out = f"anomaly class {self.anomaly_classes}"
+        held_out = f"anomaly class {self.anomaly_classes}" if self.labelled else "no labels: every row normal"
         if hp.protocol == "unimodal":
             held_out = f"normal class {hp.normal_class}, every other an anomaly"
         log.info(
@@ -340,7 +350,7 @@ class OneClassDataModule(LightningDataModule):
             hp.dataset, held_out, n["train_normal"], n["val_normal"], n["val_anomaly"],
             n["test_normal"], n["test_anomaly"],
         )  # fmt: skip
-        for part in ("val", "test"):
+        for part in ("val", "test") if self.labelled else ():
             few = [
                 word
                 for key, word in (("normal", "normal"), ("anomaly", "anomalous"))

@@ -21,7 +21,7 @@ TABLE_FORMAT = (
     "data=tabular reads one table (.csv or .parquet) with one row per sample: numeric feature columns, "
     "given raw (the model standardises them with the training normals' mean and deviation), and "
     "data.label_column, the column of class labels (numbers or names; data.anomaly_class picks the "
-    "anomalous ones)"
+    "anomalous ones), or null when every row is normal"
 )
 
 
@@ -73,8 +73,11 @@ def read_frame(path: Path, setting: str = "data.path") -> pd.DataFrame:
 
 
 @functools.lru_cache(maxsize=4)
-def _read_table(path: Path, label_column: str, size: int, mtime_ns: int) -> Table:
+def _read_table(path: Path, label_column: str | None, size: int, mtime_ns: int) -> Table:
     frame = read_frame(path)
+    if label_column is None:  # unlabelled: every row is normal
+        x = check_features(frame, f"data.path={str(path)!r}")
+        return Table(x, np.zeros(len(x), dtype=np.int64), [str(c) for c in frame.columns], ["normal"])
     if label_column not in frame.columns:
         raise table_problem(
             path,
@@ -95,15 +98,11 @@ def _read_table(path: Path, label_column: str, size: int, mtime_ns: int) -> Tabl
 
 
 def read_table(path: str | Path | None, label_column: str | None) -> Table:
-    """The user's table at ``path``, checked; read once per file version (cached)."""
+    """The user's table at ``path``, checked; read once per file version (cached). Without a
+    ``label_column`` every row is normal (one class, ``normal``)."""
     if path is None:
         raise ValueError(
             f"data.path is not set: data=tabular needs data.path=<your .csv or .parquet>. {TABLE_FORMAT}."
-        )
-    if label_column is None:
-        raise ValueError(
-            "data.label_column is not set: data=tabular needs the column of class labels, e.g. "
-            "data.label_column=label (a table without labels cannot be split into normals and anomalies)."
         )
     resolved = Path(path).expanduser().resolve()
     if resolved.suffix not in TABLE_SUFFIXES:

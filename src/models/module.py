@@ -124,6 +124,7 @@ class AnomalyAutoEncoder(LightningModule):
         self.register_buffer("input_mean", torch.zeros(input_dim))
         self.register_buffer("input_scale", torch.ones(input_dim))
         self.inputs: dict | None = None  # what a sample is (``OneClassDataModule.input_description``)
+        self.labelled = True  # False for data without labels: no AUROC to measure
         # one sample: the model summary then gives each layer's in/out sizes and FLOPs per scored sample
         # (not for NAP, whose score needs statistics fitted at the first validation, after the summary)
         self.example_input_array = torch.zeros(1, input_dim) if score != "nap" else None
@@ -161,6 +162,7 @@ class AnomalyAutoEncoder(LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
+        self.labelled = getattr(datamodule, "labelled", True)
         if stage == "fit" and hasattr(datamodule, "input_description"):
             self.inputs = datamodule.input_description()
             if datamodule.feature_statistics is not None:
@@ -225,10 +227,12 @@ class AnomalyAutoEncoder(LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        self.val_metrics.update(self(x), y)
+        if self.labelled:
+            self.val_metrics.update(self(x), y)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_epoch_metrics("val", self.val_metrics)
+        if self.labelled:
+            self.log_epoch_metrics("val", self.val_metrics)
 
     def on_test_epoch_start(self) -> None:
         # With ``nap`` the tested checkpoint brought the statistics it was validated with; otherwise
@@ -238,10 +242,14 @@ class AnomalyAutoEncoder(LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
+        if not self.labelled:
+            return
         for name, value in self.scores(x).items():
             self.test_metrics[name].update(value, y)
 
     def on_test_epoch_end(self) -> None:
+        if not self.labelled:
+            return
         results = {name: metric.compute() for name, metric in self.test_metrics.items()}
         values = {f"test/{k}": v for k, v in results[self.hparams.score].items()}
         values |= {f"test/auroc_{name}": result["auroc"] for name, result in results.items()}
