@@ -54,8 +54,8 @@ def pathway(model: AnomalyAutoEncoder, loader) -> tuple[list[torch.Tensor], torc
 def job_rows(job_dir: Path) -> list[dict]:
     record = read_metrics(job_dir)
     checkpoint = record["best_checkpoint"]
-    model = AnomalyAutoEncoder.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False).eval()
-    settings = torch.load(checkpoint, map_location="cpu", weights_only=False)["datamodule_hyper_parameters"]
+    model = AnomalyAutoEncoder.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
+    settings = torch.load(checkpoint, map_location="cpu", weights_only=True)["datamodule_hyper_parameters"]
     datamodule = OneClassDataModule(**settings)
     datamodule.setup("fit")
     train, _ = pathway(model, datamodule.normal_dataloader(NAP_FIT_SAMPLES))

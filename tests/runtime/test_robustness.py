@@ -69,11 +69,13 @@ def uninterrupted(tmp_path_factory):
     return run
 
 
-def test_a_diverging_run_stops_cleanly_and_keeps_its_checkpoint(tmp_path: Path) -> None:
+def test_a_diverging_run_stops_cleanly_and_keeps_its_checkpoint(tmp_path: Path, capfd) -> None:
     nan_at_20 = ["+callbacks.fault._target_=tests.helpers.faults.NanAtStep", "+callbacks.fault.step=20"]
-    proc = cli(*ONE_JOB, "logger=csv", "trainer.max_epochs=3", f"hydra.run.dir={tmp_path}", *nan_at_20)
-    assert proc.returncode == 3
-    assert "Training diverged at step 20: train/loss is nan" in proc.stdout + proc.stderr
+    status = run_main("train", *ONE_JOB, "logger=csv", "trainer.max_epochs=3", f"hydra.run.dir={tmp_path}",
+                      *nan_at_20)  # fmt: skip
+    assert status == 3
+    out = capfd.readouterr()
+    assert "Training diverged at step 20: train/loss is nan" in out.out + out.err
     m = metrics(tmp_path)
     assert m["status"] == "diverged" and m["diverged_at_step"] == 20
     assert 0 < m["last_finite_g_norm"] < float("inf")
@@ -83,10 +85,11 @@ def test_a_diverging_run_stops_cleanly_and_keeps_its_checkpoint(tmp_path: Path) 
 def test_a_diverging_job_lets_the_sweep_go_on_and_is_reported(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     nan_at_20 = ["+callbacks.fault._target_=tests.helpers.faults.NanAtStep", "+callbacks.fault.step=20,-1"]
-    proc = cli(
-        "--multirun", *ONE_JOB, "logger=csv", "trainer.max_epochs=2", f"hydra.sweep.dir={sweep}", *nan_at_20
-    )
-    assert proc.returncode != 0
+    status = run_main(
+        "train", "--multirun", *ONE_JOB, "logger=csv", "trainer.max_epochs=2", f"hydra.sweep.dir={sweep}",
+        *nan_at_20,
+    )  # fmt: skip
+    assert status != 0
     df, _, _ = build_report(sweep)
     assert sorted(df.status) == ["completed", "diverged"]
     # the swept setting is the fault's step: the diverged job has its cell, it is not "missing"
@@ -247,7 +250,7 @@ RAE_WITH_A_WORKER = ["model=rae", "data.num_workers=1", "callbacks.last_checkpoi
     ],
 )
 def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
-    tmp_path: Path, uninterrupted, settings: list, fault: list, exit_code: int, ckpt_step: int
+    tmp_path: Path, uninterrupted, settings: list, fault: list, exit_code: int, ckpt_step: int, capfd
 ) -> None:
     """Stopped, then the same command again (16 steps an epoch). From the middle of an epoch the resumed
     run finishes that epoch on the batches the uninterrupted run trained on, not on a new shuffle of all
@@ -270,9 +273,10 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(
     assert ckpt["global_step"] == ckpt_step
     loader_state = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert loader_state.get("batches_done", 0) == ckpt_step % 16
-    resumed = cli(*args, f"hydra.run.dir={stopped}", *fault)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "not resumable" not in resumed.stdout + resumed.stderr  # Lightning's warning
+    capfd.readouterr()
+    assert run_main("train", *args, f"hydra.run.dir={stopped}", *fault) == 0  # here: no process to start
+    resumed = capfd.readouterr()
+    assert "not resumable" not in resumed.out + resumed.err  # Lightning's warning
     keys = ["train/loss", "val/auroc", "test/auroc", "test/auprc", "train/g_norm_max", "global_step"]
     assert [metrics(stopped)[k] for k in keys] == [metrics(full)[k] for k in keys]
     assert history(stopped) == history(full)
@@ -446,7 +450,7 @@ def test_wandb_failing_to_start_costs_nothing(tmp_path: Path) -> None:
     assert (tmp_path / "csv" / "metrics.csv").is_file()
 
 
-def test_resumed_sweep_skips_completed_jobs_and_continues_the_killed_one(tmp_path: Path) -> None:
+def test_resumed_sweep_skips_completed_jobs_and_continues_the_killed_one(tmp_path: Path, capfd) -> None:
     sweep = tmp_path / "sweep"
     cmd = ["--multirun", *ONE_JOB, "logger=wandb", "trainer.max_epochs=3", "model=ae,rae,vae",
            f"hydra.sweep.dir={sweep}", "+callbacks.fault._target_=tests.helpers.faults.KillOnce",
@@ -456,9 +460,10 @@ def test_resumed_sweep_skips_completed_jobs_and_continues_the_killed_one(tmp_pat
     assert first.returncode == -9  # the whole sweep process died inside the rae job
     done = [str(p.parent) for p in sweep.rglob("metrics.json")]
     assert len(done) == 1 and "model=ae," in done[0]
-    second = cli(*cmd)
-    assert second.returncode == 0, second.stderr[-2000:]
-    out = second.stdout + second.stderr
+    capfd.readouterr()
+    assert run_main("train", *cmd) == 0  # the re-run, here: no process to start
+    second = capfd.readouterr()
+    out = second.out + second.err
     assert out.count("Already completed, skipping") == 1 and out.count("Resuming from") == 1
     assert [metrics(p.parent)["status"] for p in sweep.rglob("metrics.json")] == ["completed"] * 3
     rae_runs = [p.name for p in sweep.rglob("offline-run-*") if "model=rae," in str(p)]
