@@ -156,35 +156,6 @@ def test_scores_of_new_rows_are_the_models_own_with_anomaly_flags_at_the_thresho
     )
 
 
-def _brute_force_f1_max(scores: np.ndarray, anomaly: np.ndarray) -> float:
-    best = max(thresholds.flag_metrics(scores, anomaly, t)["f1"] for t in [*scores, scores.min() - 1])
-    return best
-
-
-def test_threshold_rules_match_a_brute_force_search() -> None:
-    rng = np.random.default_rng(0)
-    for n in (5, 40, 200):
-        anomaly = (rng.random(n) < 0.3).astype(int)
-        scores = np.round(rng.normal(size=n) + anomaly, 1)  # ties included
-        t = thresholds.f1_max(scores, anomaly)
-        assert thresholds.flag_metrics(scores, anomaly, t)["f1"] == pytest.approx(
-            _brute_force_f1_max(scores, anomaly)
-        )
-        normals = scores[anomaly == 0]
-        for share in (0.0, 0.05, 0.2, 1.0):
-            t = thresholds.at_fpr(normals, share)
-            assert (normals > t).mean() <= share + 1e-12
-            lower = normals[normals < t]  # the next threshold down flags too many
-            if len(lower):
-                assert (normals > lower.max()).mean() > share
-
-
-@pytest.mark.parametrize("bad", ["f1", "fpr:2", "quantile:x", "fpr"])
-def test_an_unknown_threshold_rule_is_named(bad: str) -> None:
-    with pytest.raises(ConfigError, match=f"threshold={bad!r} is invalid: give a number"):
-        thresholds.parse_rule(bad)
-
-
 def test_quantile_and_fpr_thresholds_follow_their_definition_on_the_runs_data(
     cancer_run, held_out, tmp_path
 ) -> None:

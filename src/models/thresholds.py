@@ -20,8 +20,6 @@ import numpy as np
 from src.errors import ConfigError
 from src.runtime.records import write_json_atomic
 
-RULES = ("f1_max", "fpr:<share>", "quantile:<q>")
-
 
 def parse_rule(threshold: object) -> tuple[str, float | None]:
     """``(name, parameter)`` of a threshold rule: ``("f1_max", None)``, ``("fpr", 0.05)``,
