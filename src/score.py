@@ -114,7 +114,7 @@ def score(cfg: DictConfig) -> dict[str, Any]:
     names, x = read_samples(cfg.input, input_description(content), resize=cfg.resize)
     chosen = None if cfg.threshold is None else choose_threshold(model, checkpoint, content, cfg.threshold)
     scores = all_scores(model, x)
-    key = "file" if Path(cfg.input).is_dir() else "row"
+    key = "file" if Path(cfg.input).expanduser().is_dir() else "row"
     table = pd.DataFrame({key: names, **scores})
     own = scores[model.hparams.score]
     if chosen is not None:
