@@ -64,8 +64,6 @@ def data_settings(cfg: DictConfig, checkpoint: Path) -> tuple[dict[str, Any], di
         )
     given = OmegaConf.to_container(cfg.data, resolve=True)
     changed = {k: v for k, v in given.items() if not OmegaConf.is_missing(cfg.data, k)}
-    # a list setting (anomaly_class=[0,24,50]) was saved as the ListConfig Hydra passed in
-    saved = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in saved.items()}
     return saved, changed
 
 

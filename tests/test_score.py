@@ -14,18 +14,20 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
-from sklearn.datasets import load_breast_cancer
+from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.model_selection import train_test_split
 
 from src.data.datamodule import OneClassDataModule
 from src.data.inputs import InputError
 from src.errors import ConfigError, UsageError
+from src.eval import evaluate
 from src.export import export
 from src.models import thresholds
 from src.runtime.checkpoints import load_model
+from src.runtime.config import check_config
 from src.score import SCORES_FILE, score
 from src.train import train
-from tests.conftest import as_run, compose_train
+from tests.conftest import as_run, compose_train, eval_cfg
 from tests.helpers.baseline import distance_to_mean_auroc
 from tests.helpers.cli import run_main
 
@@ -82,6 +84,12 @@ def test_a_table_model_standardises_on_the_training_normals_and_outputs_linearly
     assert (datamodule.data_train.y == 0).all() and len(normals) == record["split"]["train_normal"]
     np.testing.assert_allclose(model.input_mean.numpy(), normals.mean(0), rtol=1e-6)
     np.testing.assert_allclose(model.input_scale.numpy(), normals.std(0), rtol=1e-5)
+    # and applied: the loaded model scores raw rows as its network scores them standardised by hand
+    raw = datamodule.data_val.x[:8]
+    by_hand = torch.from_numpy(((raw.numpy() - normals.mean(0)) / normals.std(0)).astype(np.float32))
+    with torch.no_grad():
+        np.testing.assert_allclose(model(raw).numpy(), model.net.score(by_hand).numpy(), rtol=1e-4)
+        assert not np.allclose(model(raw).numpy(), model.net.score(raw).numpy(), rtol=0.1)
 
 
 def test_a_users_table_with_a_constant_column_trains_on_standardised_features(tmp_path: Path) -> None:
@@ -127,8 +135,6 @@ def test_a_table_that_cannot_be_used_is_named(tmp_path: Path) -> None:
 
 
 def test_a_sigmoid_output_on_raw_features_is_refused(make_cfg) -> None:
-    from src.runtime.config import check_config
-
     with pytest.raises(ConfigError, match="model.output=sigmoid bounds reconstructions to \\(0, 1\\), but "
                        "data.dataset=breast_cancer gives raw features"):  # fmt: skip
         check_config(make_cfg("data=breast_cancer", "model.output=sigmoid"))
@@ -163,8 +169,6 @@ def test_quantile_and_fpr_thresholds_follow_their_definition_on_the_runs_data(
     summary = run_score(tmp_path / "q", cancer_run, path, "threshold=quantile:0.9")
     checkpoint = Path(summary["checkpoint"])
     model = load_model(checkpoint)
-    from src.data.datamodule import OneClassDataModule
-
     datamodule = OneClassDataModule(
         **torch.load(checkpoint, weights_only=True)["datamodule_hyper_parameters"]
     )
@@ -178,9 +182,6 @@ def test_quantile_and_fpr_thresholds_follow_their_definition_on_the_runs_data(
     assert (val_scores[val_y == 0] > summary["threshold"]).mean() <= 0.1
     assert set(thresholds.stored(checkpoint)) >= {"quantile:0.9", "fpr:0.1"}
     # src.eval reports precision, recall and F1 at each stored threshold
-    from src.eval import evaluate
-    from tests.conftest import eval_cfg
-
     record = evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={cancer_run}"))
     assert set(record["thresholds"]) >= {"quantile:0.9", "fpr:0.1"}
     table = pd.read_csv(tmp_path / "eval" / "scores.csv")
@@ -224,8 +225,6 @@ def digits_run(tmp_path_factory) -> Path:
 
 
 def test_images_arrays_and_their_errors(digits_run, tmp_path) -> None:
-    from sklearn.datasets import load_digits
-
     images = np.rint(load_digits().images[:6] * 255 / 16).astype(np.uint8)  # (6, 8, 8)
     np.save(tmp_path / "u8.npy", images)
     np.save(tmp_path / "float.npy", images.reshape(6, 64) / 255.0)
@@ -336,8 +335,5 @@ def test_a_table_without_labels_trains_keeps_the_last_checkpoint_and_takes_quant
             ConfigError, match=f"threshold={rule} needs labelled anomalies .* use threshold=quantile"
         ):
             run_score(tmp_path / "bad", tmp_path / "run", rows, f"threshold={rule}")
-    from src.eval import evaluate
-    from tests.conftest import eval_cfg
-
     with pytest.raises(ConfigError, match="the run's table has no labels"):
         evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={tmp_path / 'run'}"))
