@@ -30,7 +30,8 @@ from src.data.sources import class_names
 from src.errors import ConfigError, UsageError
 from src.models import thresholds
 from src.models.metrics import AnomalyMetrics
-from src.models.module import NAP_FIT_SAMPLES, SCORES, AnomalyAutoEncoder
+from src.models.module import NAP_FIT_SAMPLES, AnomalyAutoEncoder
+from src.models.settings import SCORES
 from src.runtime.checkpoints import find_checkpoint, load_model, read_checkpoint
 from src.runtime.composition import check_command_line
 from src.runtime.config import register_configs, torch_setting_problems

@@ -24,7 +24,8 @@ from src.data.inputs import read_samples
 from src.data.sources import IMAGE_SHAPES
 from src.errors import ConfigError, UsageError
 from src.models import thresholds
-from src.models.module import SCORES, AnomalyAutoEncoder
+from src.models.module import AnomalyAutoEncoder
+from src.models.settings import SCORES
 from src.runtime.checkpoints import find_checkpoint, load_model, read_checkpoint
 from src.runtime.composition import check_command_line
 from src.runtime.process import quiet_dependency_notices, stop_on

@@ -1,70 +1,31 @@
 """The Lightning system that trains and evaluates every variant (AE, VAE, RAE, RVAE)."""
 
 from contextlib import nullcontext
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric
 
-from src.errors import ConfigError
 from src.models import rapp
 from src.models.components.autoencoder import AutoEncoder, OutputType
 from src.models.components.backbone import BlockType
 from src.models.components.loss import autoencoder_loss
 from src.models.metrics import AnomalyMetrics
+from src.models.settings import SCORES, ScoreType, check_model_settings
 
-ScoreType = Literal["recon", "sap", "nap"]
-SCORES = get_args(ScoreType)
-OUTPUTS = get_args(OutputType)
 # NAP's statistics come from at most this many training normals (a fixed subset, ``normal_dataloader``):
 # enough for the SVD of a pathway of a few thousand dimensions, and seconds to fit at each validation.
 NAP_FIT_SAMPLES = 4096
 
 
-def check_model_settings(
-    n_layers: int,
-    hidden_dim: int,
-    latent_dim: int,
-    block: str,
-    beta: float,
-    lr: float,
-    weight_decay: float,
-    score: str = "recon",
-    input_dim: int | None = None,
-    output: str | None = None,
-) -> None:
-    """Raise ``ConfigError`` naming each out-of-range model setting, its value and what is allowed."""
-    rules = [
-        (n_layers >= 0, "model.n_layers", n_layers, "an integer >= 0 (0 = projections only)"),
-        (hidden_dim >= 1, "model.hidden_dim", hidden_dim, "an integer >= 1"),
-        (latent_dim >= 1, "model.latent_dim", latent_dim, "an integer >= 1"),
-        (block in ("preact", "original"), "model.block", block, "'preact' or 'original'"),
-        (beta >= 0, "model.beta", beta, "a number >= 0"),
-        (lr > 0, "model.lr", lr, "a number > 0"),
-        (weight_decay >= 0, "model.weight_decay", weight_decay, "a number >= 0"),
-        (score in SCORES, "model.score", score, "'recon', 'sap' or 'nap'"),
-        (output in (None, *OUTPUTS), "model.output", output, "'sigmoid', 'linear' or null (the data's)"),
-    ]
-    if input_dim is not None:  # a code larger than the input cannot compress it
-        allowed = f"at most the input size of the data ({input_dim})"
-        rules.append((latent_dim <= input_dim, "model.latent_dim", latent_dim, allowed))
-    bad = [
-        f"{name}={value!r} is invalid: it must be {allowed}." for ok, name, value, allowed in rules if not ok
-    ]
-    if bad:
-        raise ConfigError(" ".join(bad))
-
-
 class AnomalyAutoEncoder(LightningModule):
-    """Trains an ``AutoEncoder`` on normal data and scores held-out data by reconstruction error.
+    """Trains an ``AutoEncoder`` on normal data and scores held-out data (higher = more anomalous).
 
-    Logs ``train/epoch_loss`` (the epoch's mean training loss) and ``val/auroc`` every epoch, and
-    ``test/auroc`` and ``test/auprc`` on test, all of the score ``score`` chooses. The test also logs
-    every score's (``test/auroc_recon``, ``_sap``, ``_nap``, and their ``auprc``) and each pathway layer's
-    alone (``test/auroc_layer_<i>``: 0 the input space, last the code). The per-step values
-    (``train/loss``, ``train/g_norm``) and the divergence check are
-    ``src.runtime.callbacks.training_monitor.TrainingMonitor``'s.
+    Logs ``train/epoch_loss`` every epoch, ``val/auroc`` and ``val/auprc`` at each validation, and at test
+    ``test/auroc`` and ``test/auprc`` of ``score``'s score, every score's (``test/auroc_recon``, ``_sap``,
+    ``_nap``) and each pathway layer's alone (``test/auroc_layer_<i>``: 0 the input, last the code). The
+    per-step ``train/loss``, ``train/g_norm`` and the divergence check are ``TrainingMonitor``'s.
 
     Args:
         input_dim: flattened input size; comes from the data, not from the model config.
@@ -77,19 +38,14 @@ class AnomalyAutoEncoder(LightningModule):
         beta: weight of the KL term; ignored for deterministic models.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
-        score: the anomaly score behind ``val/auroc``, the best checkpoint and ``test/auroc``:
-            ``recon`` (the reconstruction error, the study's), or RaPP's ``sap`` or ``nap``
-            (``src.models.rapp``). NAP's statistics are fitted on the training normals at each validation
-            (with ``nap``) or at test, and saved in the checkpoints.
-        output: the decoder's last step: ``sigmoid`` (reconstructions in (0, 1), for pixels) or
-            ``linear`` (for raw features, which the model standardises with ``input_mean`` and
-            ``input_scale``, the training normals' statistics); None: the data's choice, which
-            ``src.train`` fills in (``sigmoid`` for a model built by hand).
-        nap_input: whether the input space (``h_0 = x``) enters NAP, as RaPP defines it. Without it, NAP
-            beats both RaPP's own and the reconstruction error on MNIST-5k (``docs/results/rapp.md``).
-        compile: compile the network's training forward with ``torch.compile`` at the first training
-            batch (``nn.Module.compile``, so checkpoints keep their keys). A smaller batch (an epoch's
-            last) runs on the graphs already compiled, or eagerly, rather than compiling another.
+        score: the score behind ``val/auroc``, the best checkpoint and ``test/auroc``: ``recon`` (the
+            reconstruction error, the study's), or RaPP's ``sap`` or ``nap`` (``src.models.rapp``).
+        output: the decoder's last step, ``sigmoid`` (pixels) or ``linear`` (raw features, standardised
+            inside the model by ``input_mean`` and ``input_scale``); None: the data's choice, filled in
+            by ``src.train`` (``sigmoid`` for a model built by hand).
+        nap_input: whether the input space (``h_0 = x``) enters NAP, as RaPP defines it.
+        compile: ``torch.compile`` the network's training forward (``nn.Module.compile``, so
+            checkpoints keep their keys); see ``compile_stance``.
     """
 
     def __init__(
@@ -130,7 +86,7 @@ class AnomalyAutoEncoder(LightningModule):
         # one sample: the model summary then gives each layer's in/out sizes and FLOPs per scored sample
         # (not for NAP, whose score needs statistics fitted at the first validation, after the summary)
         self.example_input_array = torch.zeros(1, input_dim) if score != "nap" else None
-        if compile:
+        if compile:  # on CPU 8-27 % more samples a second at n_layers=6, none clear at 2 (performance.md)
             # A fresh compile cache: multirun jobs share a process, and earlier jobs' graphs would fill it.
             torch.compiler.reset()
             self.net.compile()
@@ -155,12 +111,12 @@ class AnomalyAutoEncoder(LightningModule):
             raise RuntimeError("NAP's statistics are not fitted yet: call fit_nap on the training normals.")
         return self.scores(x)[self.hparams.score]
 
-    def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.input_mean) / self.input_scale if self.standardizes else x
-
     def scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every score per sample (``src.models.rapp.scores``)."""
         return rapp.scores(self.net, self.standardize(x), self.nap, nap_from=self.nap_from)
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.input_mean) / self.input_scale if self.standardizes else x
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -173,27 +129,6 @@ class AnomalyAutoEncoder(LightningModule):
                 self.input_scale.copy_(scale)
                 self.standardizes = True
 
-    @torch.no_grad()
-    def fit_nap(self, loader) -> None:
-        """Fit NAP's statistics on ``loader``'s batches (training normals), in eval mode."""
-        training = self.training
-        self.eval()
-        diffs = [
-            self.net.pathway_differences(self.standardize(x.to(self.device)))[self.nap_from :]
-            for x, _ in loader
-        ]
-        self.nap = rapp.fit_nap(torch.cat([torch.cat(d, dim=1) for d in diffs]))
-        self.train(training)
-
-    def fit_nap_on_training_normals(self) -> None:
-        datamodule = self.trainer.datamodule
-        if not hasattr(datamodule, "normal_dataloader"):
-            raise RuntimeError(
-                "NAP's statistics are fitted on the training normals, which come from the DataModule's "
-                "normal_dataloader: pass datamodule=OneClassDataModule(...) to the Trainer's fit and test."
-            )
-        self.fit_nap(datamodule.normal_dataloader(NAP_FIT_SAMPLES))
-
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x = self.standardize(batch[0])
         with self.compile_stance(len(x)):
@@ -204,16 +139,6 @@ class AnomalyAutoEncoder(LightningModule):
         # checkpoint rank 0 writes resumes each of them exactly
         self.train_loss.update(self.trainer.strategy.reduce(losses["loss"].detach()), weight=len(x))
         return losses["loss"]
-
-    def compile_stance(self, batch_size: int):
-        """Compile for the largest batch so far; run a smaller one (an epoch's last) on the graphs
-        already compiled, or eagerly: compiling a second graph costs seconds, for one batch an epoch."""
-        if not self.hparams.compile:
-            return nullcontext()
-        if batch_size < self.compiled_batch_size:
-            return torch.compiler.set_stance("eager_on_recompile")
-        self.compiled_batch_size = batch_size
-        return nullcontext()
 
     def on_train_epoch_start(self) -> None:
         # Not at the epoch's end: a run resumed mid-epoch skips this hook and goes on from the
@@ -235,7 +160,11 @@ class AnomalyAutoEncoder(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.labelled:
-            self.log_epoch_metrics("val", self.val_metrics)
+            # Computed once over the whole epoch (``src.models.metrics``); under DDP every rank holds the
+            # same gathered values, and ``sync_dist`` only keeps Lightning from warning that they are not.
+            values = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
+            self.log_dict(values, prog_bar=True, sync_dist=True)
+            self.val_metrics.reset()
 
     def on_test_epoch_start(self) -> None:
         # With ``nap`` the tested checkpoint brought the statistics it was validated with; otherwise
@@ -245,10 +174,9 @@ class AnomalyAutoEncoder(LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        if not self.labelled:
-            return
-        for name, value in self.scores(x).items():
-            self.test_metrics[name].update(value, y)
+        if self.labelled:
+            for name, value in self.scores(x).items():
+                self.test_metrics[name].update(value, y)
 
     def on_test_epoch_end(self) -> None:
         if not self.labelled:
@@ -257,16 +185,26 @@ class AnomalyAutoEncoder(LightningModule):
         values = {f"test/{k}": v for k, v in results[self.hparams.score].items()}
         values |= {f"test/auroc_{name}": result["auroc"] for name, result in results.items()}
         values |= {f"test/auprc_{name}": results[name]["auprc"] for name in SCORES}
-        self.log_dict(values, sync_dist=True)  # see ``log_epoch_metrics``
+        self.log_dict(values, sync_dist=True)  # as at validation
         for metric in self.test_metrics.values():
             metric.reset()
 
-    def log_epoch_metrics(self, stage: str, metrics: AnomalyMetrics) -> None:
-        # Computed once over the whole epoch (see ``src.models.metrics``); under DDP every rank holds the
-        # same gathered values, and ``sync_dist`` only keeps Lightning from warning that they are not synced.
-        values = metrics.compute()
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=True)
-        metrics.reset()
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every score of a batch (``scores``; ``score`` the chosen one) and its labels."""
+        x, y = batch
+        scores = self.scores(x)
+        return {"score": scores[self.hparams.score]} | scores, y
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # Fused Adam: one kernel for all parameters, 10-20 % faster a step on CPU for these small MLPs
+        # (docs/performance.md), the same update up to float rounding. Not under mixed precision, where
+        # Lightning refuses to clip the gradients of an optimizer that unscales them itself.
+        fused = self.device.type in ("cpu", "cuda") and "mixed" not in str(self.trainer.precision)
+        return torch.optim.Adam(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["inputs"] = self.inputs
@@ -283,19 +221,33 @@ class AnomalyAutoEncoder(LightningModule):
         scale = state.setdefault("input_scale", torch.ones_like(self.input_scale))
         self.standardizes = bool(mean.any() or (scale != 1).any())
 
-    def predict_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Every score of a batch (``scores``; ``score`` the chosen one) and its labels."""
-        x, y = batch
-        scores = self.scores(x)
-        return {"score": scores[self.hparams.score]} | scores, y
+    @torch.no_grad()
+    def fit_nap(self, loader) -> None:
+        """Fit NAP's statistics on ``loader``'s batches (training normals), in eval mode."""
+        training = self.training
+        self.eval()
+        diffs = [
+            self.net.pathway_differences(self.standardize(x.to(self.device)))[self.nap_from :]
+            for x, _ in loader
+        ]
+        self.nap = rapp.fit_nap(torch.cat([torch.cat(d, dim=1) for d in diffs]))
+        self.train(training)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        # Fused Adam: one kernel for all parameters instead of several per tensor (faster per step on CPU
-        # for these small MLPs; see docs/performance.md), the same update up to float rounding. Not under
-        # mixed precision, where Lightning refuses to clip the gradients of an optimizer that unscales them.
-        fused = self.device.type in ("cpu", "cuda") and "mixed" not in str(self.trainer.precision)
-        return torch.optim.Adam(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused
-        )
+    def fit_nap_on_training_normals(self) -> None:
+        datamodule = self.trainer.datamodule
+        if not hasattr(datamodule, "normal_dataloader"):
+            raise RuntimeError(
+                "NAP is fitted on the training normals of the DataModule's normal_dataloader: pass "
+                "datamodule=OneClassDataModule(...) to the Trainer's fit and test."
+            )
+        self.fit_nap(datamodule.normal_dataloader(NAP_FIT_SAMPLES))
+
+    def compile_stance(self, batch_size: int):
+        """Compile for the largest batch so far; run a smaller one (an epoch's last) on the graphs
+        already compiled, or eagerly: compiling a second graph costs seconds, for one batch an epoch."""
+        if not self.hparams.compile:
+            return nullcontext()
+        if batch_size < self.compiled_batch_size:
+            return torch.compiler.set_stance("eager_on_recompile")
+        self.compiled_batch_size = batch_size
+        return nullcontext()

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from src.data.datamodule import OneClassDataModule, check_data_settings, input_dim_of
 from src.data.sources import holds_features
 from src.errors import ConfigError
-from src.models.module import AnomalyAutoEncoder, check_model_settings
+from src.models.module import AnomalyAutoEncoder
+from src.models.settings import check_model_settings
 
 
 def _schema_type(annotation: Any) -> Any:

@@ -11,7 +11,8 @@ from hydra.core.global_hydra import GlobalHydra
 
 from src.models import rapp
 from src.models.components.autoencoder import AutoEncoder
-from src.models.module import SCORES, AnomalyAutoEncoder, check_model_settings
+from src.models.module import AnomalyAutoEncoder
+from src.models.settings import SCORES, check_model_settings
 from src.runtime.config import ConfigError
 from src.train import train
 from tests.conftest import as_run, compose_train

@@ -65,7 +65,7 @@ class ResidualMLP(nn.Module):
         block: BlockType,
     ) -> None:
         super().__init__()
-        unit = BLOCKS[block]  # the settings are checked by ``src.models.module.check_model_settings``
+        unit = BLOCKS[block]  # the settings are checked by ``src.models.settings.check_model_settings``
         self.preact = block == "preact"
         self.proj_in = nn.Linear(in_dim, width)
         self.blocks = nn.ModuleList([unit(width, residual) for _ in range(n_layers)])
