@@ -1,8 +1,8 @@
-"""Runs that share a machine: the same training job alone, two at once and four at once, with torch's
-default threads, with OpenMP's passive wait policy and with one thread a job; and two jobs through
-Hydra's joblib and submitit_local launchers.
+"""Runs that share a machine: the same training job alone, two at once and four at once, with the
+project's default threads and with torch's own (the default before: every core), and two jobs through
+Hydra's joblib and submitit_local launchers with each.
 
-``python -m benchmarks.concurrency [--epochs 30] [--counts 1 2 4] [--timeout 300]``
+``python -m benchmarks.concurrency [--epochs 30] [--counts 1 2 4] [--timeout 300] [--settings ...]``
 
 The job is ``make train``'s size: ``data=digits model=rae model.n_layers=4``, ``--epochs`` epochs, CSV
 logger, no progress bar. Each case reports its wall time and the ratio to the ideal, jobs x alone /
@@ -22,11 +22,12 @@ from benchmarks.train_speed import save_result
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = ["data=digits", "model=rae", "model.n_layers=4", "logger=csv", "trainer.enable_progress_bar=false"]
+CORES = len(os.sched_getaffinity(0))
 # name: (environment, overrides); "default" is what a plain ``python -m src.train`` gets
 SETTINGS = {
     "default": ({}, []),
-    "OMP_WAIT_POLICY=PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, []),
-    "threads=1": ({}, ["threads=1"]),
+    f"threads={CORES} (torch's)": ({}, [f"threads={CORES}"]),
+    "OMP_WAIT_POLICY=PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, [f"threads={CORES}"]),
 }
 # a user's own choices would decide the outcome: the benchmark runs without them
 USER_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -67,12 +68,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4], help="jobs started at once")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds before a case is stopped")
     p.add_argument("--launchers", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS)[:2])
     p.add_argument("--out", type=Path, default=Path("bench_results"))
     args = p.parse_args(argv)
-    cores = len(os.sched_getaffinity(0))
+    cores = CORES
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for setting, (_, overrides) in SETTINGS.items():
+        for setting in args.settings:
+            overrides = SETTINGS[setting][1]
             env, alone = environment(setting), None
             for count in args.counts:
                 out = Path(tmp) / str(len(rows))
@@ -80,12 +83,13 @@ def main(argv: list[str] | None = None) -> dict:
                 seconds = run_together(commands, env, args.timeout)
                 alone = seconds if count == 1 else alone
                 rows.append(_row(setting, f"{count} at once", count, seconds, alone, cores))
-            if not args.launchers or setting != "default":
+            if not args.launchers:
                 continue
             for launcher in ("joblib", "submitit_local"):
                 extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
-                sweep = train_command(Path(tmp) / launcher, args.epochs, "seed=0,1",
-                                      f"hydra/launcher={launcher}", *extra, multirun=True)  # fmt: skip
+                sweep = train_command(Path(tmp) / f"{launcher}{len(rows)}", args.epochs, "seed=0,1",
+                                      f"hydra/launcher={launcher}", *extra, *overrides,
+                                      multirun=True)  # fmt: skip
                 seconds = run_together([sweep], env, args.timeout)
                 rows.append(_row(setting, f"2 jobs, hydra/launcher={launcher}", 2, seconds, alone, cores))
     result = {"cores": cores, "epochs": args.epochs, "job": JOB, "timeout_s": args.timeout, "rows": rows}

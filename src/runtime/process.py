@@ -60,15 +60,15 @@ def torch_settings(cfg: DictConfig) -> Iterator[None]:
 
     ``threads`` also goes into ``OMP_NUM_THREADS`` for the run: Lightning's DDP launcher sets its own
     count (cores / processes) wherever that variable is unset, and the ranks it starts inherit it. Left
-    unset, torch's own count is lowered to ``usable_cpus()`` where the process may use fewer CPUs."""
+    unset, the count is ``default_threads``."""
     threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     precision = torch.get_float32_matmul_precision()
     try:
         if cfg.get("threads") is not None:
             torch.set_num_threads(cfg.threads)
             os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
-        elif usable_cpus() < threads:
-            torch.set_num_threads(usable_cpus())
+        else:
+            torch.set_num_threads(default_threads(cfg, threads))
         if cfg.get("float32_matmul_precision"):  # "high" allows TF32 on Ampere+ GPUs
             torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
         yield
@@ -79,6 +79,25 @@ def torch_settings(cfg: DictConfig) -> Iterator[None]:
         else:
             os.environ["OMP_NUM_THREADS"] = env
         torch.set_float32_matmul_precision(precision)
+
+
+# A run whose hidden layers' matmuls are this small (batch_size x hidden_dim^2 multiply-adds: a batch of 64
+# at width 256, as `make train`) gets one thread. Alone, a second thread saves it about a tenth of its
+# training time; beside another job, the idle OpenMP threads of each spin while they wait for work and
+# take the cores the other needs: two such runs at once took 3 to 4 times as long as one alone
+# (docs/performance.md, "Several jobs on one machine").
+SMALL_MATMUL = 64 * 256 * 256
+
+
+def default_threads(cfg: DictConfig, torch_count: int) -> int:
+    """The thread count of a run that leaves ``threads`` unset: 1 for a small model (``SMALL_MATMUL``),
+    else torch's count, at most ``usable_cpus()``. Where the user set ``OMP_NUM_THREADS`` (or a launcher
+    did: DDP, joblib), torch's count already follows it and only the CPU cap applies."""
+    model, data = cfg.get("model"), cfg.get("data")  # src.eval's config has no model group
+    small = model is not None and data is not None and data.batch_size * model.hidden_dim**2 <= SMALL_MATMUL
+    if small and "OMP_NUM_THREADS" not in os.environ:
+        return 1
+    return min(torch_count, usable_cpus())
 
 
 def usable_cpus(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:

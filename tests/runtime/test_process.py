@@ -46,9 +46,36 @@ def test_usable_cpus_is_the_fewest_of_affinity_cgroup_quota_and_slurm(monkeypatc
     assert usable_cpus(str(cpu_max)) == 2
 
 
-def test_a_run_without_threads_set_uses_no_more_threads_than_its_cpus(monkeypatch, cfg_train) -> None:
+def test_a_run_without_threads_set_uses_no_more_threads_than_its_cpus(monkeypatch, make_cfg) -> None:
     before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(process, "usable_cpus", lambda: 1)
-    with process.torch_settings(cfg_train):  # threads: null
+    with process.torch_settings(make_cfg("data.batch_size=512")):  # threads: null, a large model
         assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_a_small_model_gets_one_thread_and_a_larger_one_its_cpus(monkeypatch, make_cfg) -> None:
+    """The boundary is one hidden matmul of ``SMALL_MATMUL`` multiply-adds: batch 64 at width 256."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(process, "usable_cpus", lambda: 3)
+    for overrides, expected in [
+        (["data.batch_size=64", "model.hidden_dim=256"], 1),  # 64 * 256**2: make train's
+        (["data.batch_size=65", "model.hidden_dim=256"], 3),
+        (["data.batch_size=256", "model.hidden_dim=128"], 1),  # the same multiply-adds
+        (["data.batch_size=32", "model.hidden_dim=512"], 3),  # twice as many
+    ]:
+        assert process.default_threads(make_cfg(*overrides), torch_count=8) == expected, overrides
+    assert process.default_threads(make_cfg("data.batch_size=512"), torch_count=2) == 2
+
+
+def test_the_users_omp_num_threads_or_threads_beat_the_small_model_rule(monkeypatch, make_cfg) -> None:
+    before = torch.get_num_threads()
+    monkeypatch.setattr(process, "usable_cpus", lambda: 4)
+    small = make_cfg("data.batch_size=64")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # torch's count follows it: keep that count
+    assert process.default_threads(small, torch_count=2) == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    with process.torch_settings(make_cfg("data.batch_size=64", "threads=2")):
+        assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == before
