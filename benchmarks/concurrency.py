@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS)[:2])
     p.add_argument("--out", type=Path, default=Path("bench_results"))
     args = p.parse_args(argv)
-    cores = CORES
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for setting in args.settings:
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
                 commands = [train_command(out / str(i), args.epochs, *overrides) for i in range(count)]
                 seconds = run_together(commands, env, args.timeout)
                 alone = seconds if count == 1 else alone
-                rows.append(_row(setting, f"{count} at once", count, seconds, alone, cores))
+                rows.append(_row(setting, f"{count} at once", count, seconds, alone, CORES))
             if not args.launchers:
                 continue
             for launcher in ("joblib", "submitit_local"):
@@ -91,8 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
                                       f"hydra/launcher={launcher}", *extra, *overrides,
                                       multirun=True)  # fmt: skip
                 seconds = run_together([sweep], env, args.timeout)
-                rows.append(_row(setting, f"2 jobs, hydra/launcher={launcher}", 2, seconds, alone, cores))
-    result = {"cores": cores, "epochs": args.epochs, "job": JOB, "timeout_s": args.timeout, "rows": rows}
+                rows.append(_row(setting, f"2 jobs, hydra/launcher={launcher}", 2, seconds, alone, CORES))
+    result = {"cores": CORES, "epochs": args.epochs, "job": JOB, "timeout_s": args.timeout, "rows": rows}
     print_table(result)
     save_result(result, args.out, "concurrency")
     return result

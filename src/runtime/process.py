@@ -82,8 +82,8 @@ def torch_settings(cfg: DictConfig) -> Iterator[None]:
 
 
 # A run whose hidden layers' matmuls are this small (batch_size x hidden_dim^2 multiply-adds: a batch of 64
-# at width 256, as `make train`) gets one thread. Alone, a second thread saves it about a tenth of its
-# training time; beside another job, the idle OpenMP threads of each spin while they wait for work and
+# at width 256, as `make train`) gets one thread. Alone, a second thread saves it a few percent of its
+# training time at most; beside another job, the idle OpenMP threads of each spin while they wait for work and
 # take the cores the other needs: two such runs at once took 3 to 4 times as long as one alone
 # (docs/performance.md, "Several jobs on one machine").
 SMALL_MATMUL = 64 * 256 * 256
