@@ -2,15 +2,8 @@
 
 The data is rebuilt from the checkpoint (the same split of the same source, by the same ``data.seed``),
 so the test AUROC is the run's own; any ``data.*`` setting given on the command line replaces the run's.
-Writes into its output directory ``eval_metrics.json`` (AUROC, AUPRC, the sizes of the scored split, the
-checkpoint, the data settings and what was changed, precision, recall and F1 at each threshold
-stored for the checkpoint (``thresholds``), and the AUROC of every score: ``auroc_recon``,
-``auroc_sap``, ``auroc_nap`` and each pathway layer's ``auroc_layer_<i>``), ``scores.csv`` (one row per
-scored sample: its index in the source split, its class, whether it is an anomaly, its ``score`` (the
-model's ``model.score``) and every score beside it: ``score_recon``, ``score_sap``, ``score_nap``,
-``score_layer_<i>``), ``scores.png`` (the score
-distributions of normal and anomalous samples), and ``scores_by_class.csv`` and ``scores_by_class.png``
-(each class's scores, and how well the anomalies are told apart from each normal class).
+Writes ``eval_metrics.json``, ``scores.csv``, ``scores.png``, ``scores_by_class.csv`` and
+``scores_by_class.png`` into its output directory (what each holds: docs/training.md).
 """
 
 import logging

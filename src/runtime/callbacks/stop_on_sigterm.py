@@ -24,12 +24,8 @@ class StopCleanlyOnSigterm(Callback):
       validation, where no checkpoint resumes exactly, and the resume repeated the whole epoch);
     - during testing (after training): once the test is done; the run then ends as completed.
 
-    The handler, put in place of Lightning's, only notes the signal and passes it on to the ranks this
-    process launched, as Lightning's does. Under DDP the ranks agree in one all-reduce, at the end of every
-    step and validation, whether any was signalled. Lightning 2.6's handler broadcasts from inside the signal
-    handler instead, wherever each rank happens to be, and each rank then stops on its own flag, so the
-    ranks' collectives fall out of step (Lightning-AI/pytorch-lightning#20806): such runs failed with
-    "Connection reset by peer" and saved no checkpoint."""
+    Its handler only notes the signal (and passes it on to the ranks this process launched); the ranks
+    agree in one all-reduce per step and validation. Why not Lightning's own: docs/reliability.md."""
 
     def __init__(self) -> None:
         self.signalled = False
