@@ -74,6 +74,12 @@ def resolve_anomaly_classes(
     return sorted(set(labels))
 
 
+def is_labelled(dataset: str, label_column: str | None) -> bool:
+    """Whether the data tells normals from anomalies; a table without ``label_column`` does not: every
+    row is normal, and nothing can measure AUROC on it."""
+    return dataset != "tabular" or label_column is not None
+
+
 def input_dim_of(dataset: str, path: str | Path | None = None, label_column: str | None = None) -> int:
     """Inputs per sample: pixels of the dataset's images (for ``npz``, of the file's samples; for a
     table, its feature columns)."""
@@ -144,7 +150,7 @@ def check_data_settings(
         )
     try:
         names = class_names(dataset, split, path, label_column)
-        labelled = dataset != "tabular" or label_column is not None
+        labelled = is_labelled(dataset, label_column)
         if not labelled:
             labels = []  # every row is normal; data.anomaly_class and data.normal_class are not read
         elif protocol == "unimodal":
@@ -252,9 +258,7 @@ class OneClassDataModule(LightningDataModule):
 
     @property
     def labelled(self) -> bool:
-        """Whether the data tells normals from anomalies; a table without ``label_column`` does not:
-        every row is normal, and nothing can measure AUROC on it."""
-        return self.hparams.dataset != "tabular" or self.hparams.label_column is not None
+        return is_labelled(self.hparams.dataset, self.hparams.label_column)
 
     @property
     def output(self) -> str:

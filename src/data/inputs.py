@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.data.tables import check_features, read_frame
+from src.data.tables import TABLE_SUFFIXES, check_features, read_frame
 from src.errors import UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ARRAY_SUFFIXES = (".npy", ".npz")
-TABLE_SUFFIXES = (".csv", ".parquet")
 
 
 class InputError(UsageError, ValueError):
